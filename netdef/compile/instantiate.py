@@ -1,0 +1,161 @@
+"""Create one layer object per graph node, wire their blobs, infer shapes.
+
+This is everything a net needs short of numbers: summary, draw and check
+stop here; the executor adds storage and a schedule on top. In-place layers
+share one Blob object between bottom and top, and parameter blobs named in
+``param { name: ... }`` are shared between layers (Caffe's weight sharing).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from netdef.blob import Blob
+from netdef.errors import GraphError, NetdefError
+from netdef.graph import Graph, Node
+from netdef.layers.base import Layer, UnknownShape, create_layer, shape_text
+from netdef.schema import pb
+
+
+@dataclass
+class Step:
+    node: Node
+    layer: Layer
+    bottoms: list[Blob]
+    tops: list[Blob]
+
+    @property
+    def name(self) -> str:
+        return self.node.name
+
+
+@dataclass
+class Instance:
+    """Layers with their blobs and inferred shapes."""
+
+    graph: Graph
+    steps: list[Step]
+    blobs: dict[str, Blob]                         # by blob name, in creation order
+    unknown: dict[str, str] = field(default_factory=dict)   # blob -> why its shape is unknown
+    errors: list[NetdefError] = field(default_factory=list)  # collected with collect_errors
+    shared: dict[tuple[str, int], tuple[str, int]] = field(default_factory=dict)
+
+    @property
+    def layers(self) -> list[Layer]:
+        return [s.layer for s in self.steps]
+
+    def step(self, name: str) -> Step:
+        for s in self.steps:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def params(self) -> dict[str, list[Blob]]:
+        """Parameter blobs by layer name (pycaffe's ``net.params``)."""
+        return {s.name: s.layer.blobs for s in self.steps if s.layer.blobs}
+
+    def reshape(self, input_shapes: dict[str, tuple] | None = None) -> None:
+        """Re-run shape inference after the input shapes changed."""
+        for step in self.steps:
+            layer = step.layer
+            layer.remember_bottoms(step.bottoms)
+            layer.reshape(step.bottoms, step.tops)
+            _override_source_shapes(step, input_shapes)
+
+
+def instantiate(graph: Graph, input_shapes: dict[str, tuple] | None = None,
+                collect_errors: bool = False) -> Instance:
+    """Build the layers of ``graph`` and infer every blob shape.
+
+    ``input_shapes`` overrides the shapes of tops of source layers (Input and
+    data layers), like ``--input-shape data=1,3,224,224``. With
+    ``collect_errors`` a failing layer is recorded and its tops become
+    unknown instead of stopping at the first problem (``netdef check``).
+    """
+    input_shapes = {k: tuple(v) for k, v in (input_shapes or {}).items()}
+    _check_override_names(graph, input_shapes)
+    blobs: dict[str, Blob] = {}
+    inst = Instance(graph, [], blobs)
+    param_owners: dict[str, tuple[str, int, Blob]] = {}
+    for node in graph.nodes:
+        try:
+            layer = create_layer(node.param, graph.phase, node.where)
+        except NetdefError as err:
+            if not collect_errors:
+                raise
+            inst.errors.append(err)
+            _mark_unknown(inst, node, f"layer '{node.name}' could not be created")
+            continue
+        bottoms = [blobs[b] for b in node.bottoms]
+        tops = []
+        for k, t in enumerate(node.tops):
+            if k in node.in_place_tops:
+                tops.append(bottoms[k])
+            else:
+                blobs[t] = Blob(name=t)
+                tops.append(blobs[t])
+        step = Step(node, layer, bottoms, tops)
+        inst.steps.append(step)
+        missing = [b for b in node.bottoms if b in inst.unknown]
+        if missing:
+            _mark_unknown(inst, node, inst.unknown[missing[0]])
+            continue
+        try:
+            layer.layer_setup(bottoms, tops)
+            _override_source_shapes(step, input_shapes)
+            _share_params(inst, step, param_owners)
+        except UnknownShape as why:
+            _mark_unknown(inst, node, f"layer '{node.name}': {why}")
+        except NetdefError as err:
+            if not collect_errors:
+                raise
+            inst.errors.append(err)
+            _mark_unknown(inst, node, f"layer '{node.name}' failed")
+    return inst
+
+
+def _mark_unknown(inst: Instance, node: Node, reason: str) -> None:
+    for t in node.tops:
+        inst.unknown[t] = reason
+        inst.blobs.setdefault(t, Blob(name=t))
+
+
+def _check_override_names(graph: Graph, input_shapes: dict) -> None:
+    sources = {t for n in graph.nodes if not n.bottoms for t in n.tops}
+    for name in input_shapes:
+        if name not in sources:
+            from netdef.errors import did_you_mean
+
+            raise GraphError(f"--input-shape names '{name}', which is not produced by an "
+                             "Input or data layer", hint=did_you_mean(name, sources)
+                             or f"source blobs: {', '.join(sorted(sources)) or 'none'}")
+
+
+def _override_source_shapes(step: Step, input_shapes: dict | None) -> None:
+    if not input_shapes or step.bottoms:
+        return
+    for top in step.tops:
+        if top.name in input_shapes:
+            top.reshape(input_shapes[top.name])
+
+
+def _share_params(inst: Instance, step: Step, owners: dict) -> None:
+    """Caffe's weight sharing: blobs with the same ParamSpec name are one."""
+    layer = step.layer
+    for i, spec in enumerate(step.node.param.param):
+        if not spec.name or i >= len(layer.blobs):
+            continue
+        blob = layer.blobs[i]
+        if spec.name not in owners:
+            owners[spec.name] = (layer.name, i, blob)
+            continue
+        owner_layer, owner_index, owner_blob = owners[spec.name]
+        permissive = spec.share_mode == pb.ParamSpec.PERMISSIVE
+        same = (owner_blob.count == blob.count) if permissive else (owner_blob.shape == blob.shape)
+        if not same:
+            rule = "element count" if permissive else "shape"
+            raise GraphError(
+                f"layer '{layer.name}' ({layer.type}): parameter '{spec.name}' is shared with "
+                f"layer '{owner_layer}' but their {rule}s differ: {shape_text(blob.shape)} vs "
+                f"{shape_text(owner_blob.shape)}", where=layer.where)
+        layer.blobs[i] = owner_blob
+        inst.shared[(layer.name, i)] = (owner_layer, owner_index)

@@ -1,0 +1,126 @@
+"""read_net(path_or_text) = parse + upgrade -> NetSource; solvers; writing prototxt.
+
+The rest of netdef only ever sees current-format nets (``layer { type:
+"Convolution" }``). A NetSource keeps the source map of the *original* text
+and, for every upgraded layer, where its source entry began, so graph and
+shape errors can still say ``file:line:col`` for a V1 or V0 file.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import tempfile
+from dataclasses import dataclass, field
+
+from netdef.errors import Location, ParseError
+from netdef.parse import SourceMap, parse_message, to_text
+from netdef.schema import pb
+from netdef.upgrade import Origin, source_paths, upgrade_net, upgrade_solver
+
+__all__ = ["NetSource", "read_net", "read_solver", "write_net", "upgrade_file", "read_text"]
+
+
+@dataclass
+class NetSource:
+    """A current-format net plus where each of its layers came from."""
+
+    param: pb.NetParameter
+    filename: str
+    layer_locations: list[Location | None]   # parallel to param.layer
+    source_map: SourceMap                    # of the ORIGINAL text
+    original_format: str                     # "V2", "V1" or "V0"
+    upgrade_log: list[str] = field(default_factory=list)
+    origins: list[Origin] = field(default_factory=list)  # parallel to param.layer
+
+    def layer_location(self, i: int) -> Location | None:
+        return self.layer_locations[i] if 0 <= i < len(self.layer_locations) else None
+
+    def field_location(self, i: int, *path) -> Location | None:
+        """Where field ``path`` of upgraded layer ``i`` was written, else the layer's start.
+
+        Exact for current-format files; for V1/V0 files the field is mapped
+        back to its legacy spelling when possible (``param[0].lr_mult`` ->
+        ``blobs_lr``). A field that is not in the text (a default) falls
+        back to the closest enclosing field that is.
+        """
+        if not 0 <= i < len(self.origins):
+            return None
+        for candidate in source_paths(self.origins[i], path):
+            for end in range(len(candidate), len(self.origins[i].path) - 1, -1):
+                location = self.source_map.location(candidate[:end])
+                if location is not None:
+                    return location
+        return self.layer_location(i)
+
+
+def _looks_like_text(path_or_text) -> bool:
+    return isinstance(path_or_text, str) and ("{" in path_or_text or "\n" in path_or_text)
+
+
+def read_text(path) -> str:
+    """A prototxt file's text (UTF-8, BOM tolerated), or ParseError naming the file."""
+    path = pathlib.Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ParseError(f"cannot read {path}: {exc.strerror or exc}", where=str(path)) from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ParseError("the file is not valid UTF-8 text", where=Location(str(path), line, col),
+                         hint="is it a binary .caffemodel? prototxt is text") from None
+
+
+def read_net(path_or_text, *, filename: str | None = None) -> NetSource:
+    """Parse and upgrade a net given as a path or as prototxt text.
+
+    A ``str`` containing '{' or a newline is text; anything else is a path.
+    """
+    if _looks_like_text(path_or_text):
+        text, name = path_or_text, filename or "<string>"
+    else:
+        text, name = read_text(path_or_text), filename or str(path_or_text)
+    param, source_map = parse_message(text, pb.NetParameter, name)
+    result = upgrade_net(param, source_map)
+    locations = [source_map.location(origin.path) for origin in result.origins]
+    return NetSource(result.param, name, locations, source_map, result.original_format,
+                     result.log, result.origins)
+
+
+def read_solver(path) -> tuple[pb.SolverParameter, SourceMap]:
+    """Parse and upgrade a solver file, including nets embedded in it."""
+    name = str(path)
+    param, source_map = parse_message(read_text(path), pb.SolverParameter, name)
+    solver, _ = upgrade_solver(param, source_map)
+    return solver, source_map
+
+
+def write_net(param, path) -> None:
+    """Write ``param`` as prototxt atomically: a temp file in the same folder, then rename."""
+    path = pathlib.Path(path)
+    text = to_text(param)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def upgrade_file(old_path, new_path) -> list[str]:
+    """``netdef upgrade OLD NEW``: write OLD in the current format to NEW; return the log."""
+    source = read_net(old_path)
+    write_net(source.param, new_path)
+    if not source.upgrade_log:
+        return [f"nothing to upgrade: {source.filename} is already in the current format "
+                "(rewritten as normalised prototxt; comments are not kept)"]
+    return list(source.upgrade_log)

@@ -1,0 +1,76 @@
+"""Tiny dummy arguments for each kernel, with exactly the documented types.
+
+Used by ``netdef.kernels.warmup``; the types here are the contract (float32
+C-contiguous arrays, int64 index arrays, Python int and float scalars), so a
+layer calling a kernel the documented way reuses the warmed-up signature.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _f(*shape):
+    return np.zeros(shape, np.float32)
+
+
+def _i(*shape):
+    return np.zeros(shape, np.int64)
+
+
+def _flat1(nargs):
+    return lambda: (_f(4),) * nargs
+
+
+# geometry shared by the windowed kernels: 3x3 window, stride 1, pad 1, on 4x4
+_G = (3, 3, 1, 1, 1, 1)  # kh, kw, sh, sw, ph, pw
+
+_ARGS = {
+    ("im2col", "im2col"): lambda: (_f(2, 4, 4), 3, 3, 1, 1, 1, 1, 1, 1, 4, 4, _f(18, 16)),
+    ("im2col", "col2im"): lambda: (_f(18, 16), 2, 4, 4, 3, 3, 1, 1, 1, 1, 1, 1, 4, 4,
+                                   _f(2, 4, 4)),
+    ("pooling", "max_pool_forward"): lambda: (_f(1, 2, 4, 4), *_G, _f(1, 2, 4, 4),
+                                              _i(1, 2, 4, 4)),
+    ("pooling", "max_pool_backward"): lambda: (_f(1, 2, 4, 4), _i(1, 2, 4, 4), _f(1, 2, 4, 4)),
+    ("pooling", "ave_pool_forward"): lambda: (_f(1, 2, 4, 4), *_G, _f(1, 2, 4, 4)),
+    ("pooling", "ave_pool_backward"): lambda: (_f(1, 2, 4, 4), *_G, _f(1, 2, 4, 4)),
+    ("lrn", "lrn_across_forward"): lambda: (_f(1, 3, 2, 2), 3, 1e-4, 0.75, 1.0,
+                                            _f(1, 3, 2, 2), _f(1, 3, 2, 2)),
+    ("lrn", "lrn_across_backward"): lambda: (_f(1, 3, 2, 2), _f(1, 3, 2, 2),
+                                             np.ones((1, 3, 2, 2), np.float32),
+                                             _f(1, 3, 2, 2), 3, 1e-4, 0.75, _f(1, 3, 2, 2)),
+    ("lrn", "lrn_within_forward"): lambda: (_f(1, 3, 2, 2), 3, 1e-4, 0.75,
+                                            _f(1, 3, 2, 2), _f(1, 3, 2, 2)),
+    ("elementwise", "relu"): lambda: (_f(4), 0.0, _f(4)),
+    ("elementwise", "relu_backward"): lambda: (_f(4), _f(4), 0.0, _f(4)),
+    ("elementwise", "sigmoid"): _flat1(2),
+    ("elementwise", "sigmoid_backward"): _flat1(3),
+    ("elementwise", "tanh"): _flat1(2),
+    ("elementwise", "tanh_backward"): _flat1(3),
+    ("elementwise", "elu"): lambda: (_f(4), 1.0, _f(4)),
+    ("elementwise", "elu_backward"): lambda: (_f(4), _f(4), _f(4), 1.0, _f(4)),
+    ("elementwise", "absval"): _flat1(2),
+    ("elementwise", "power"): lambda: (_f(4), 2.0, 1.0, 0.0, _f(4)),
+    ("elementwise", "exp_base"): lambda: (_f(4), 1.0, 1.0, 0.0, _f(4)),
+    ("elementwise", "log_base"): lambda: (np.ones(4, np.float32), 1.0, 1.0, 0.0, _f(4)),
+    ("elementwise", "bnll"): _flat1(2),
+    ("elementwise", "threshold"): lambda: (_f(4), 0.0, _f(4)),
+    ("elementwise", "clip"): lambda: (_f(4), -1.0, 1.0, _f(4)),
+    ("elementwise", "swish"): lambda: (_f(4), 1.0, _f(4)),
+    ("elementwise", "prelu"): lambda: (_f(1, 2, 3), _f(2), _f(1, 2, 3)),
+    ("elementwise", "prelu_backward"): lambda: (_f(1, 2, 3), _f(1, 2, 3), _f(2), _f(1, 2, 3),
+                                                _f(2)),
+    ("elementwise", "eltwise_sum"): lambda: (_f(4), _f(4), 1.0),
+    ("elementwise", "eltwise_prod"): _flat1(2),
+    ("elementwise", "eltwise_max_pair"): lambda: (_f(4), _f(4), _f(4), _i(4)),
+    ("elementwise", "eltwise_max"): lambda: (_f(4), _f(4), _i(4), 2),
+    ("elementwise", "eltwise_max_backward"): lambda: (_f(4), _i(4), 0, _f(4)),
+    ("normalization", "channel_affine"): lambda: (_f(1, 2, 3), _f(2), _f(2), _f(1, 2, 3)),
+    ("normalization", "channel_mean_var"): lambda: (_f(1, 2, 3), _f(2), _f(2)),
+    ("normalization", "mvn_forward"): lambda: (_f(2, 3), 1, 1e-9, _f(2, 3)),
+    ("softmax", "softmax"): lambda: (_f(1, 3, 2), _f(1, 3, 2)),
+}
+
+
+def dummy_args(module: str, name: str) -> tuple:
+    """Fresh dummy arguments for one kernel."""
+    return _ARGS[(module, name)]()

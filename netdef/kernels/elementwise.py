@@ -1,0 +1,332 @@
+"""Elementwise neuron and Eltwise kernels: flat loops over every element.
+
+Calling convention (one compiled signature per kernel):
+  * arrays are float32, C-contiguous; pass them flat, ``blob.reshape(-1)``.
+    Any rank works (each kernel views its arguments as 1-D), but every new
+    rank compiles another specialisation;
+  * float parameters are Python floats (float64; converted to float32 once,
+    so the loops run in float32 like Caffe), ints and indices Python ints
+    (int64), masks int64 arrays;
+  * ``out`` may be the same array as ``x``: every element is read before it
+    is written, so in-place layers work.
+
+Eltwise recipes for k inputs without temporaries (Caffe's semantics):
+  SUM   ``out.fill(0)``, then ``eltwise_sum(out, x_i, coeff_i)`` for each i;
+  PROD  ``out[...] = x_0``, then ``eltwise_prod(out, x_i)`` for i >= 1;
+  MAX   ``eltwise_max_pair(x_0, x_1, out, mask)``, then
+        ``eltwise_max(out, x_i, mask, i)`` for i >= 2.  Caffe gives a tie
+        between the first two inputs to input 1 and later ties to the
+        earlier input; the pair kernel exists to reproduce exactly that.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from netdef.kernels._jit import kernel, parallel_kernel, prange
+
+_HALF = np.float32(0.5)
+_ONE = np.float32(1.0)
+
+
+@parallel_kernel
+def relu(x, negative_slope, out):
+    """out = x if x > 0 else negative_slope * x (NaN stays NaN)."""
+    xf = x.reshape(x.size)
+    of = out.reshape(out.size)
+    slope = np.float32(negative_slope)
+    # branch outside the loop: plain ReLU must give 0 (not NaN) for -inf
+    if slope == 0.0:
+        for i in prange(xf.size):
+            v = xf[i]
+            of[i] = np.float32(0.0) if v <= 0.0 else v
+    else:
+        for i in prange(xf.size):
+            v = xf[i]
+            of[i] = v if v > 0.0 else slope * v
+
+
+@parallel_kernel
+def relu_backward(x, top_diff, negative_slope, bottom_diff):
+    """dx = dy * (1 if x > 0 else negative_slope).
+
+    ``x`` may be the top data of an in-place ReLU: for a slope >= 0 the sign
+    of y equals the sign of x.
+    """
+    xf = x.reshape(x.size)
+    df = top_diff.reshape(top_diff.size)
+    bf = bottom_diff.reshape(bottom_diff.size)
+    slope = np.float32(negative_slope)
+    for i in prange(xf.size):
+        bf[i] = df[i] if xf[i] > 0.0 else slope * df[i]
+
+
+@parallel_kernel
+def sigmoid(x, out):
+    """out = 1 / (1 + exp(-x)), evaluated as Caffe does: 0.5 tanh(0.5 x) + 0.5 (no overflow)."""
+    xf = x.reshape(x.size)
+    of = out.reshape(out.size)
+    for i in prange(xf.size):
+        of[i] = _HALF * np.tanh(_HALF * xf[i]) + _HALF
+
+
+@parallel_kernel
+def sigmoid_backward(y, top_diff, bottom_diff):
+    """dx = dy * y * (1 - y), y the sigmoid output."""
+    yf = y.reshape(y.size)
+    df = top_diff.reshape(top_diff.size)
+    bf = bottom_diff.reshape(bottom_diff.size)
+    for i in prange(yf.size):
+        v = yf[i]
+        bf[i] = df[i] * v * (_ONE - v)
+
+
+@parallel_kernel
+def tanh(x, out):
+    """out = tanh(x)."""
+    xf = x.reshape(x.size)
+    of = out.reshape(out.size)
+    for i in prange(xf.size):
+        of[i] = np.tanh(xf[i])
+
+
+@parallel_kernel
+def tanh_backward(y, top_diff, bottom_diff):
+    """dx = dy * (1 - y^2), y the tanh output."""
+    yf = y.reshape(y.size)
+    df = top_diff.reshape(top_diff.size)
+    bf = bottom_diff.reshape(bottom_diff.size)
+    for i in prange(yf.size):
+        v = yf[i]
+        bf[i] = df[i] * (_ONE - v * v)
+
+
+@parallel_kernel
+def elu(x, alpha, out):
+    """out = x if x > 0 else alpha * (exp(x) - 1)."""
+    xf = x.reshape(x.size)
+    of = out.reshape(out.size)
+    a = np.float32(alpha)
+    for i in prange(xf.size):
+        v = xf[i]
+        of[i] = v if v > 0.0 else a * np.expm1(v)
+
+
+@parallel_kernel
+def elu_backward(x, y, top_diff, alpha, bottom_diff):
+    """dx = dy if x > 0 else dy * (y + alpha).  In place, x is y: same sign for alpha > 0."""
+    xf = x.reshape(x.size)
+    yf = y.reshape(y.size)
+    df = top_diff.reshape(top_diff.size)
+    bf = bottom_diff.reshape(bottom_diff.size)
+    a = np.float32(alpha)
+    for i in prange(xf.size):
+        bf[i] = df[i] if xf[i] > 0.0 else df[i] * (yf[i] + a)
+
+
+@parallel_kernel
+def absval(x, out):
+    """out = |x|."""
+    xf = x.reshape(x.size)
+    of = out.reshape(out.size)
+    for i in prange(xf.size):
+        of[i] = abs(xf[i])
+
+
+@parallel_kernel
+def power(x, power, scale, shift, out):
+    """out = (shift + scale * x) ** power, Caffe's Power layer.
+
+    When power * scale == 0 the result is the constant 1 (power == 0) or
+    shift ** power, as in Caffe; a negative base with a non-integer power
+    gives NaN (C pow).
+    """
+    xf = x.reshape(x.size)
+    of = out.reshape(out.size)
+    p = np.float32(power)
+    a = np.float32(scale)
+    b = np.float32(shift)
+    if power * scale == 0.0:
+        const = _ONE if power == 0.0 else b ** p
+        for i in prange(xf.size):
+            of[i] = const
+    elif power == 1.0:
+        for i in prange(xf.size):
+            of[i] = a * xf[i] + b
+    else:
+        for i in prange(xf.size):
+            of[i] = (a * xf[i] + b) ** p
+
+
+@parallel_kernel
+def exp_base(x, log_base, scale, shift, out):
+    """out = base ** (shift + scale * x), given log_base = ln(base).
+
+    Evaluated as Caffe does, exp(log_base*scale * x) * base**shift, so
+    overflow happens where it happens in Caffe.
+    """
+    xf = x.reshape(x.size)
+    of = out.reshape(out.size)
+    inner = np.float32(log_base * scale)
+    outer = np.float32(np.exp(log_base * shift))
+    for i in prange(xf.size):
+        of[i] = outer * np.exp(inner * xf[i])
+
+
+@parallel_kernel
+def log_base(x, inv_log_base, scale, shift, out):
+    """out = ln(shift + scale * x) * inv_log_base (= log_base(shift + scale * x))."""
+    xf = x.reshape(x.size)
+    of = out.reshape(out.size)
+    a = np.float32(scale)
+    b = np.float32(shift)
+    m = np.float32(inv_log_base)
+    for i in prange(xf.size):
+        of[i] = np.log(a * xf[i] + b) * m
+
+
+@parallel_kernel
+def bnll(x, out):
+    """out = log(1 + exp(x)), as x + log(1 + exp(-x)) for x > 0 so it never overflows."""
+    xf = x.reshape(x.size)
+    of = out.reshape(out.size)
+    for i in prange(xf.size):
+        v = xf[i]
+        if v > 0.0:
+            of[i] = v + np.log1p(np.exp(-v))
+        else:
+            of[i] = np.log1p(np.exp(v))
+
+
+@parallel_kernel
+def threshold(x, t, out):
+    """out = 1 if x > t else 0."""
+    xf = x.reshape(x.size)
+    of = out.reshape(out.size)
+    tt = np.float32(t)
+    for i in prange(xf.size):
+        of[i] = _ONE if xf[i] > tt else np.float32(0.0)
+
+
+@parallel_kernel
+def clip(x, lo, hi, out):
+    """out = max(lo, min(x, hi)) with C++ std::min/max semantics (NaN -> lo)."""
+    xf = x.reshape(x.size)
+    of = out.reshape(out.size)
+    a = np.float32(lo)
+    b = np.float32(hi)
+    for i in prange(xf.size):
+        v = xf[i]
+        t = b if b < v else v
+        of[i] = t if a < t else a
+
+
+@parallel_kernel
+def swish(x, beta, out):
+    """out = x * sigmoid(beta * x), sigmoid in Caffe's tanh form."""
+    xf = x.reshape(x.size)
+    of = out.reshape(out.size)
+    bb = np.float32(beta)
+    for i in prange(xf.size):
+        v = xf[i]
+        of[i] = v * (_HALF * np.tanh(_HALF * bb * v) + _HALF)
+
+
+@parallel_kernel
+def prelu(x3, slope, out3):
+    """out = x if x > 0 else slope[c] * x, over x3 (N, C, inner), slope (C,).
+
+    For channel_shared the layer passes a C-vector filled with the one
+    slope.  Parallel over N*C.
+    """
+    n_img, n_ch, inner = x3.shape
+    for p in prange(n_img * n_ch):
+        n = p // n_ch
+        c = p % n_ch
+        a = slope[c]
+        for i in range(inner):
+            v = x3[n, c, i]
+            out3[n, c, i] = v if v > 0.0 else a * v
+
+
+@parallel_kernel
+def prelu_backward(x3, top_diff3, slope, bottom_diff3, slope_diff):
+    """bottom_diff3 (overwritten) = dy * (1 if x > 0 else slope[c]);
+    slope_diff[c] += sum of dy * x where x <= 0 (parameter diffs accumulate).
+
+    ``x3`` must be the layer's input (an in-place PReLU keeps a copy).
+    Parallel over channels so slope_diff needs no reduction across threads.
+    """
+    n_img, n_ch, inner = x3.shape
+    for c in prange(n_ch):
+        a = slope[c]
+        acc = 0.0
+        for n in range(n_img):
+            for i in range(inner):
+                v = x3[n, c, i]
+                d = top_diff3[n, c, i]
+                if v > 0.0:
+                    bottom_diff3[n, c, i] = d
+                else:
+                    bottom_diff3[n, c, i] = a * d
+                    acc += d * v
+        slope_diff[c] += acc
+
+
+@parallel_kernel
+def eltwise_sum(out, x, coeff):
+    """out += coeff * x."""
+    of = out.reshape(out.size)
+    xf = x.reshape(x.size)
+    k = np.float32(coeff)
+    for i in prange(of.size):
+        of[i] += k * xf[i]
+
+
+@parallel_kernel
+def eltwise_prod(out, x):
+    """out *= x."""
+    of = out.reshape(out.size)
+    xf = x.reshape(x.size)
+    for i in prange(of.size):
+        of[i] *= xf[i]
+
+
+@parallel_kernel
+def eltwise_max_pair(a, b, out, mask):
+    """out = max(a, b), mask = 0 where a > b else 1 (a tie goes to b, as in Caffe)."""
+    af = a.reshape(a.size)
+    bf = b.reshape(b.size)
+    of = out.reshape(out.size)
+    mf = mask.reshape(mask.size)
+    for i in prange(of.size):
+        u = af[i]
+        v = bf[i]
+        if u > v:
+            of[i] = u
+            mf[i] = 0
+        else:
+            of[i] = v
+            mf[i] = 1
+
+
+@parallel_kernel
+def eltwise_max(out, x, mask, idx):
+    """Where x > out: out = x and mask = idx (ties keep the earlier input)."""
+    of = out.reshape(out.size)
+    xf = x.reshape(x.size)
+    mf = mask.reshape(mask.size)
+    for i in prange(of.size):
+        v = xf[i]
+        if v > of[i]:
+            of[i] = v
+            mf[i] = idx
+
+
+@kernel
+def eltwise_max_backward(top_diff, mask, idx, bottom_diff):
+    """bottom_diff (overwritten) = top_diff where mask == idx, else 0."""
+    df = top_diff.reshape(top_diff.size)
+    mf = mask.reshape(mask.size)
+    bf = bottom_diff.reshape(bottom_diff.size)
+    for i in range(df.size):
+        bf[i] = df[i] if mf[i] == idx else np.float32(0.0)

@@ -1,0 +1,117 @@
+"""Local response normalisation, Caffe's two regions.
+
+ACROSS_CHANNELS: the window of channel c is channels
+``c - pre .. c + size - 1 - pre`` with ``pre = (size - 1) // 2``, clipped to
+[0, C), and
+
+    scale = k + alpha / size * sum(x^2 over the window),  out = x * scale^-beta
+
+WITHIN_CHANNEL (Caffe builds it from square -> average pooling with kernel
+``size``, stride 1, pad ``pre`` -> power -> product): scale is
+``1 + alpha * avepool(x^2)`` with pooling's ``pool_size`` divisor, and k is
+not used.  For odd sizes (the only sizes Caffe's LRN accepts) the divisor is
+``size*size`` everywhere, borders included: the window's end never exceeds
+``H + pre`` there, so the padding counts as zeros.  An even size would make
+Caffe's pooling output one row and column short, so the layer must reject it.
+
+``scale`` is an output, kept for the backward pass.  ``out`` must not alias
+``x`` (neighbours are read after the centre is written).
+
+Dtypes: x/out/scale/top_diff/bottom_diff float32 4-D C-contiguous; size an
+int (int64); alpha, beta, k Python floats (float64).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from netdef.kernels._jit import parallel_kernel, prange
+
+
+@parallel_kernel
+def lrn_across_forward(x, size, alpha, beta, k, out, scale):
+    """Cross-channel LRN of x (N, C, H, W) into out and scale.  Parallel over N*H rows."""
+    n_img, n_ch, height, width = x.shape
+    pre = (size - 1) // 2
+    a = np.float32(alpha / size)
+    kk = np.float32(k)
+    nb = np.float32(-beta)
+    for p in prange(n_img * height):
+        n = p // height
+        h = p % height
+        for c in range(n_ch):
+            lo = max(c - pre, 0)
+            hi = min(c + size - pre, n_ch)
+            # scale's own row doubles as the accumulator: no temporary
+            for w in range(width):
+                scale[n, c, h, w] = 0.0
+            for cc in range(lo, hi):
+                for w in range(width):
+                    v = x[n, cc, h, w]
+                    scale[n, c, h, w] += v * v
+            for w in range(width):
+                s = kk + a * scale[n, c, h, w]
+                scale[n, c, h, w] = s
+                out[n, c, h, w] = x[n, c, h, w] * s ** nb
+
+
+@parallel_kernel
+def lrn_across_backward(x, out, scale, top_diff, size, alpha, beta, bottom_diff):
+    """Gradient of :func:`lrn_across_forward` (bottom_diff overwritten).
+
+    dx_c = dy_c * scale_c^-beta
+           - 2 alpha beta / size * x_c * sum_{c' whose window holds c} dy_c' * y_c' / scale_c'
+    """
+    n_img, n_ch, height, width = x.shape
+    pre = (size - 1) // 2
+    coef = np.float32(2.0 * alpha * beta / size)
+    nb = np.float32(-beta)
+    for p in prange(n_img * height):
+        n = p // height
+        h = p % height
+        for c in range(n_ch):
+            # c lies in the window of c' for c' in [c - (size - 1 - pre), c + pre]
+            lo = max(c - (size - 1 - pre), 0)
+            hi = min(c + pre + 1, n_ch)
+            for w in range(width):
+                bottom_diff[n, c, h, w] = 0.0
+            for cc in range(lo, hi):
+                for w in range(width):
+                    bottom_diff[n, c, h, w] += (top_diff[n, cc, h, w] * out[n, cc, h, w]
+                                                / scale[n, cc, h, w])
+            for w in range(width):
+                bottom_diff[n, c, h, w] = (
+                    top_diff[n, c, h, w] * scale[n, c, h, w] ** nb
+                    - coef * x[n, c, h, w] * bottom_diff[n, c, h, w])
+
+
+@parallel_kernel
+def lrn_within_forward(x, size, alpha, beta, out, scale):
+    """Within-channel LRN of x (N, C, H, W); ``size`` must be odd.  Parallel over N*C planes."""
+    n_img, n_ch, height, width = x.shape
+    pad = (size - 1) // 2
+    a = np.float32(alpha)
+    nb = np.float32(-beta)
+    one = np.float32(1.0)
+    for p in prange(n_img * n_ch):
+        n = p // n_ch
+        c = p % n_ch
+        for h in range(height):
+            hs = h - pad
+            he = min(hs + size, height + pad)
+            rows = he - hs
+            hs = max(hs, 0)
+            he = min(he, height)
+            for w in range(width):
+                ws = w - pad
+                we = min(ws + size, width + pad)
+                pool_size = np.float32(rows * (we - ws))
+                ws = max(ws, 0)
+                we = min(we, width)
+                acc = np.float32(0.0)
+                for hh in range(hs, he):
+                    for ww in range(ws, we):
+                        v = x[n, c, hh, ww]
+                        acc += v * v
+                s = one + a * (acc / pool_size)
+                scale[n, c, h, w] = s
+                out[n, c, h, w] = x[n, c, h, w] * s ** nb

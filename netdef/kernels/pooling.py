@@ -1,0 +1,133 @@
+"""Max and average pooling over (N, C, H, W) float32 blobs, Caffe's windows.
+
+Window of output (oh, ow): rows ``hstart = oh*sh - ph`` to
+``hend = min(hstart + kh, H)`` with ``hstart`` clipped to >= 0 (columns
+likewise).  The layer chooses the output size (Caffe's ceil rule with the
+last-window clip), so every window holds at least one real pixel.
+
+Average pooling divides by Caffe's ``pool_size``: the window area measured
+after clipping the end to ``H + ph`` but before clipping to the image, so
+windows on the border count padding cells up to the pad width but not the
+overhang of a ceil-mode window beyond it.
+
+Dtypes: x/out/top_diff/bottom_diff float32 4-D C-contiguous, argmax int64
+4-D C-contiguous, geometry arguments Python ints (int64).  Every kernel is
+parallel over the N*C planes.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from netdef.kernels._jit import parallel_kernel, prange
+
+# Caffe seeds the running maximum with -FLT_MAX (not -inf), so a window of
+# only -inf or NaN yields -FLT_MAX with argmax -1.
+_FLT_LOWEST = np.float32(-3.4028234663852886e38)
+
+
+@parallel_kernel
+def max_pool_forward(x, kh, kw, sh, sw, ph, pw, out, argmax):
+    """out[n,c,oh,ow] = max of the window; argmax = h*W + w of the winner.
+
+    Ties keep the first maximum in row-major scan order (strict ``>``).
+    """
+    n_img, n_ch, height, width = x.shape
+    out_h, out_w = out.shape[2], out.shape[3]
+    for p in prange(n_img * n_ch):
+        n = p // n_ch
+        c = p % n_ch
+        for oh in range(out_h):
+            hs = oh * sh - ph
+            he = min(hs + kh, height)
+            hs = max(hs, 0)
+            for ow in range(out_w):
+                ws = ow * sw - pw
+                we = min(ws + kw, width)
+                ws = max(ws, 0)
+                best = _FLT_LOWEST
+                where = -1
+                for h in range(hs, he):
+                    for w in range(ws, we):
+                        v = x[n, c, h, w]
+                        if v > best:
+                            best = v
+                            where = h * width + w
+                out[n, c, oh, ow] = best
+                argmax[n, c, oh, ow] = where
+
+
+@parallel_kernel
+def max_pool_backward(top_diff, argmax, bottom_diff):
+    """bottom_diff (overwritten) = top_diff routed to each window's argmax.
+
+    An argmax of -1 (a window without any number above -FLT_MAX) routes
+    nothing; Caffe would index out of bounds there.
+    """
+    n_img, n_ch, height, width = bottom_diff.shape
+    out_h, out_w = top_diff.shape[2], top_diff.shape[3]
+    for p in prange(n_img * n_ch):
+        n = p // n_ch
+        c = p % n_ch
+        for h in range(height):
+            for w in range(width):
+                bottom_diff[n, c, h, w] = 0.0
+        for oh in range(out_h):
+            for ow in range(out_w):
+                where = argmax[n, c, oh, ow]
+                if where >= 0:
+                    bottom_diff[n, c, where // width, where % width] += top_diff[n, c, oh, ow]
+
+
+@parallel_kernel
+def ave_pool_forward(x, kh, kw, sh, sw, ph, pw, out):
+    """out[n,c,oh,ow] = sum of the clipped window / Caffe's pool_size."""
+    n_img, n_ch, height, width = x.shape
+    out_h, out_w = out.shape[2], out.shape[3]
+    for p in prange(n_img * n_ch):
+        n = p // n_ch
+        c = p % n_ch
+        for oh in range(out_h):
+            hs = oh * sh - ph
+            he = min(hs + kh, height + ph)
+            rows = he - hs
+            hs = max(hs, 0)
+            he = min(he, height)
+            for ow in range(out_w):
+                ws = ow * sw - pw
+                we = min(ws + kw, width + pw)
+                pool_size = rows * (we - ws)
+                ws = max(ws, 0)
+                we = min(we, width)
+                acc = 0.0  # float64: global pooling sums thousands of values
+                for h in range(hs, he):
+                    for w in range(ws, we):
+                        acc += x[n, c, h, w]
+                out[n, c, oh, ow] = acc / pool_size
+
+
+@parallel_kernel
+def ave_pool_backward(top_diff, kh, kw, sh, sw, ph, pw, bottom_diff):
+    """bottom_diff (overwritten): each top gradient / pool_size spread over its window."""
+    n_img, n_ch, height, width = bottom_diff.shape
+    out_h, out_w = top_diff.shape[2], top_diff.shape[3]
+    for p in prange(n_img * n_ch):
+        n = p // n_ch
+        c = p % n_ch
+        for h in range(height):
+            for w in range(width):
+                bottom_diff[n, c, h, w] = 0.0
+        for oh in range(out_h):
+            hs = oh * sh - ph
+            he = min(hs + kh, height + ph)
+            rows = he - hs
+            hs = max(hs, 0)
+            he = min(he, height)
+            for ow in range(out_w):
+                ws = ow * sw - pw
+                we = min(ws + kw, width + pw)
+                share = top_diff[n, c, oh, ow] / np.float32(rows * (we - ws))
+                ws = max(ws, 0)
+                we = min(we, width)
+                for h in range(hs, he):
+                    for w in range(ws, we):
+                        bottom_diff[n, c, h, w] += share

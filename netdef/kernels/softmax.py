@@ -1,0 +1,48 @@
+"""Softmax over the middle axis of x3 (outer, C, inner).
+
+Per (outer, inner) position: subtract the maximum over C, exponentiate,
+divide by the sum.  Work is split into (outer, block of inner) tasks so a
+single image with a large spatial extent (FCN-style softmax) still uses
+both cores; within a task the C loop is outermost so the inner loop runs
+over contiguous memory.
+
+Dtypes: x3/out3 float32 3-D C-contiguous.  out3 may be x3 (in place).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from netdef.kernels._jit import parallel_kernel, prange
+
+_BLOCK = 512
+
+
+@parallel_kernel
+def softmax(x3, out3):
+    """out3 = exp(x3 - max_c x3) / sum_c exp(x3 - max_c x3), over axis 1."""
+    outer, n_ch, inner = x3.shape
+    nblk = (inner + _BLOCK - 1) // _BLOCK
+    for p in prange(outer * nblk):
+        o = p // nblk
+        j0 = (p % nblk) * _BLOCK
+        j1 = min(j0 + _BLOCK, inner)
+        # one small scratch row per task: first the running max, then the sum
+        tmp = np.empty(j1 - j0, np.float32)
+        for j in range(j0, j1):
+            tmp[j - j0] = x3[o, 0, j]
+        for c in range(1, n_ch):
+            for j in range(j0, j1):
+                v = x3[o, c, j]
+                if v > tmp[j - j0]:
+                    tmp[j - j0] = v
+        for c in range(n_ch):
+            for j in range(j0, j1):
+                out3[o, c, j] = np.exp(x3[o, c, j] - tmp[j - j0])
+        for j in range(j0, j1):
+            tmp[j - j0] = 0.0
+        for c in range(n_ch):
+            for j in range(j0, j1):
+                tmp[j - j0] += out3[o, c, j]
+        for c in range(n_ch):
+            for j in range(j0, j1):
+                out3[o, c, j] /= tmp[j - j0]

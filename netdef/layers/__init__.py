@@ -1,0 +1,13 @@
+"""Layer families. Importing this package registers every layer type."""
+from netdef.layers import (  # noqa: F401  (imported for their @register side effects)
+    data,
+    dense,
+    loss,
+    neuron,
+    normalization,
+    structure,
+    vision,
+)
+from netdef.layers.base import Layer, create_layer, layer_class, layer_types, register
+
+__all__ = ["Layer", "create_layer", "layer_class", "layer_types", "register"]

@@ -1,0 +1,1 @@
+"""(dense family: being written)"""

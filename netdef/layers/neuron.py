@@ -1,0 +1,1 @@
+"""(neuron family: being written)"""
