@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from netdef.errors import Location, ParseError
 from netdef.parse import SourceMap, parse_message, to_text
 from netdef.schema import pb
-from netdef.upgrade import Origin, source_paths, upgrade_net, upgrade_solver
+from netdef.upgrade import (DATA_PARAMS, V0_FIELDS, V1_PARAM_SPEC, Origin, upgrade_net,
+                            upgrade_solver)
 
 __all__ = ["NetSource", "read_net", "read_solver", "write_net", "upgrade_file", "read_text"]
 
@@ -45,12 +46,49 @@ class NetSource:
         """
         if not 0 <= i < len(self.origins):
             return None
-        for candidate in source_paths(self.origins[i], path):
+        for candidate in _source_paths(self.origins[i], tuple(path)):
             for end in range(len(candidate), len(self.origins[i].path) - 1, -1):
                 location = self.source_map.location(candidate[:end])
                 if location is not None:
                     return location
         return self.layer_location(i)
+
+
+# Inverses of the upgrade tables: current spelling -> legacy spelling.
+_V0_SPELLING = {tuple(dest.split(".")): v0_name for v0_name, routes in V0_FIELDS.items()
+                for dest in routes.values()}
+_V1_SPELLING = {spec_field: v1_name for v1_name, spec_field in V1_PARAM_SPEC.items()}
+
+
+def _source_paths(origin: Origin, path: tuple) -> list[tuple]:
+    """Candidate paths (best first) in the original text for field ``path`` of a layer."""
+    base, head = origin.path, (path[0] if path else None)
+    if origin.kind == "input":  # the synthesized Input layer: map back into the header
+        net = base[:-2]
+        if head == "top" and len(path) > 1:
+            return [net + ("input", path[1])]
+        if head == "input_param" and len(path) >= 3:
+            k, rest = path[2], path[3:]
+            dim = rest[1] if len(rest) > 1 else 0
+            return [net + ("input_shape", k) + rest, net + ("input_dim", 4 * k + dim)]
+        return [base]
+    candidates = []
+    if origin.kind == "V2":
+        candidates.append(base + path)
+    elif head == "param" and len(path) > 1:  # param[j].lr_mult was blobs_lr[j], ...
+        legacy = _V1_SPELLING.get(path[2] if len(path) > 2 else "lr_mult", "blobs_lr")
+        candidates.append(base + (("layer",) if origin.kind == "V0" else ()) + (legacy, path[1]))
+    elif origin.kind == "V1" or head in ("bottom", "top"):
+        candidates.append(base + path)
+    else:  # V0: the setting sits flat in the nested 'layer'
+        named = tuple(p for p in path if isinstance(p, str))
+        v0_name = "type" if named == ("type",) else _V0_SPELLING.get(named)
+        if v0_name:
+            candidates.append(base + ("layer", v0_name))
+        candidates.append(base + ("layer",))
+    if head == "transform_param" and len(path) > 1:  # may have moved out of a data param
+        candidates += [base + (param,) + path[1:] for param in DATA_PARAMS]
+    return candidates
 
 
 def _looks_like_text(path_or_text) -> bool:
@@ -63,7 +101,9 @@ def read_text(path) -> str:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise ParseError(f"cannot read {path}: {exc.strerror or exc}", where=str(path)) from None
+        raise ParseError(f"cannot read {path}: {exc.strerror or exc}", where=str(path),
+                         hint="a string without '{' or a newline is taken as a file name"
+                         ) from None
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -77,7 +117,15 @@ def read_net(path_or_text, *, filename: str | None = None) -> NetSource:
     """Parse and upgrade a net given as a path or as prototxt text.
 
     A ``str`` containing '{' or a newline is text; anything else is a path.
+    An in-memory ``pb.NetParameter`` is upgraded too (its layers have no
+    locations).
     """
+    if isinstance(path_or_text, pb.NetParameter):
+        name = filename or "<message>"
+        result = upgrade_net(path_or_text)
+        return NetSource(result.param, name, [None] * len(result.param.layer),
+                         SourceMap(name, ""), result.original_format, result.log,
+                         result.origins)
     if _looks_like_text(path_or_text):
         text, name = path_or_text, filename or "<string>"
     else:

@@ -34,7 +34,7 @@ __all__ = ["SourceMap", "parse_message", "to_text"]
 # Since 'bad' matches any character and \Z the end, the skip part never has to
 # backtrack into a comment (which would turn its tail into tokens).
 _TOKEN_RE = re.compile(
-    r"""(?:[ \t\r\n\f\v]+|\#[^\n]*)*
+    r"""(?:[ \t\r\n\f\v\ufeff]+|\#[^\n]*)*
     (?:(?P<ident>[A-Za-z_][A-Za-z0-9_]*)
       |(?P<num>[-+]?(?:[0-9]|\.[0-9])[A-Za-z0-9_.+-]*|-[A-Za-z_][A-Za-z0-9_]*)
       |(?P<str>"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')
@@ -48,7 +48,7 @@ _ESCAPE_RE = re.compile(rb"\\(?:([0-7]{1,3})|x([0-9a-fA-F]{1,2})|u([0-9a-fA-F]{4
 _SIMPLE_ESCAPES = {b"n": b"\n", b"t": b"\t", b"r": b"\r", b"a": b"\a", b"b": b"\b",
                    b"f": b"\f", b"v": b"\v", b"\\": b"\\", b"'": b"'", b'"': b'"',
                    b"?": b"?"}
-_INF_NAN_RE = re.compile(r"-?(?:inf(?:inity)?|nan)f?$", re.IGNORECASE)
+_INF_NAN_RE = re.compile(r"(-?(?:inf(?:inity)?|nan))f?$", re.IGNORECASE)
 _OCTAL_RE = re.compile(r"-?0[0-7]+$")
 _TRUE = {"true", "True", "t", "1"}
 _FALSE = {"false", "False", "f", "0"}
@@ -134,10 +134,6 @@ def _fields_of(desc):
     return entry
 
 
-def _show(kind: str, text: str) -> str:
-    return "end of file" if kind == EOF else repr(text)
-
-
 class _Parser:
     def __init__(self, text: str, filename: str, root_desc):
         self.root_desc = root_desc
@@ -162,7 +158,7 @@ class _Parser:
                               f"{text} is missing on this line")
         if kind == EOF:
             return self.error(offset, f"unexpected end of file: expected {what}", hint)
-        return self.error(offset, f"expected {what}, got {_show(kind, text)}", hint)
+        return self.error(offset, f"expected {what}, got {text!r}", hint)
 
     # -- structure -----------------------------------------------------------
     def parse_fields(self, msg, desc, path: tuple, closer: str | None) -> None:
@@ -252,10 +248,10 @@ class _Parser:
                                 tokens[self.i],
                                 hint=None if kind == EOF else f"{name!r} is a message: write "
                                 f"{name} {{ ... }}")
+        if kind == "sym" and text in _CLOSER:
+            raise self.error(tok_offset, f"field {name!r} is a {field.type_name}, "
+                             "not a message", hint=f"write {name}: <value>")
         if not colon:
-            if kind == "sym" and text in _CLOSER:
-                raise self.error(tok_offset, f"field {name!r} is a {field.type_name}, "
-                                 "not a message", hint=f"write {name}: <value>")
             raise self.expected(f"':' or '{{' after field name {name!r}", tokens[self.i])
         self.parse_scalar(msg, field, path, offset)
 
@@ -416,8 +412,9 @@ def _to_int(text: str) -> int | None:
 
 
 def _to_float(text: str) -> float | None:
-    if _INF_NAN_RE.match(text):
-        return float(text.rstrip("fF"))
+    special = _INF_NAN_RE.match(text)
+    if special:
+        return float(special.group(1))
     if text[:1].isalpha() or text[:1] == "_":
         return None
     for candidate in (text, text[:-1] if text[-1:] in "fF" else None):

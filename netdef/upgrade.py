@@ -16,7 +16,7 @@ names), not switches. Passes, in order:
 
 Every output layer keeps an ``Origin``: the path of the entry it came from in
 the original text, so errors can point at the user's file even after an
-upgrade.
+upgrade (frontend.NetSource.field_location inverts the tables for fields).
 """
 from __future__ import annotations
 
@@ -26,8 +26,9 @@ from typing import Callable, NamedTuple
 from netdef.errors import UpgradeError, did_you_mean
 from netdef.schema import pb
 
-__all__ = ["Origin", "NetUpgrade", "upgrade_net", "upgrade_solver", "net_format",
-           "source_paths", "V1_TYPE_NAMES", "V0_TYPES", "SOLVER_TYPE_NAMES", "PASSES"]
+__all__ = ["Origin", "NetUpgrade", "upgrade_net", "upgrade_solver", "net_format", "PASSES",
+           "V0_TYPES", "V0_FIELDS", "V1_TYPE_NAMES", "V1_PARAM_SPEC", "DATA_PARAMS",
+           "SOLVER_TYPE_NAMES"]
 
 
 class Origin(NamedTuple):
@@ -126,7 +127,7 @@ def _per_type(params: dict, v1_field: str) -> dict:
 
 # V0 field -> {V0 type (or "*" for every type): "V1 destination"}. A set V0
 # field with no entry for its layer's type is an error, not silently lost.
-_V0_FIELDS = {
+V0_FIELDS = {
     "name": {_ANY: "name"},
     "blobs": {_ANY: "blobs"},
     "blobs_lr": {_ANY: "blobs_lr"},
@@ -209,7 +210,8 @@ def _fold_padding_layers(s: _State) -> None:
     del s.param.layers[:]
     s.param.layers.extend(kept)
     s.origins = origins
-    s.log.append(f"folded V0 padding layers into the next layer's pad ({', '.join(folded)})")
+    s.log.append(f"folded V0 padding layers into the next layer's pad ({', '.join(folded)})"
+                 if folded else "dropped unused V0 padding layers")
 
 
 def _upgrade_v0_entry(s: _State, entry, origin: Origin):
@@ -223,13 +225,15 @@ def _upgrade_v0_entry(s: _State, entry, origin: Origin):
                         f"'{extra[0]}' next to its nested 'layer'", hint="use one format")
     if v0.HasField("type"):
         if v0.type not in V0_TYPES:
+            known = "known V0 types: " + ", ".join(sorted(V0_TYPES)) + ", padding"
+            suggestion = did_you_mean(v0.type, V0_TYPES)
             raise _v0_error(s, origin, "type", f"unknown V0 layer type {v0.type!r}",
-                            hint=did_you_mean(v0.type, V0_TYPES))
+                            hint=f"{suggestion} {known}" if suggestion else known)
         out.type = pb.V1LayerParameter.LayerType.Value(V0_TYPES[v0.type])
     for fd, _ in v0.ListFields():
         if fd.name == "type":
             continue
-        routes = _V0_FIELDS.get(fd.name, {})
+        routes = V0_FIELDS.get(fd.name, {})
         dest = routes.get(v0.type) or routes.get(_ANY)
         if dest is None:
             raise _v0_error(s, origin, fd.name, f"V0 layer '{v0.name}' sets '{fd.name}', which "
@@ -264,11 +268,11 @@ V1_TYPE_NAMES = {
     for v in pb.V1LayerParameter.LayerType.DESCRIPTOR.values if v.name != "NONE"
 }
 # V1 fields that become ParamSpec fields, by parameter blob index.
-_V1_PARAM_SPEC = {"param": "name", "blob_share_mode": "share_mode", "blobs_lr": "lr_mult",
+V1_PARAM_SPEC = {"param": "name", "blob_share_mode": "share_mode", "blobs_lr": "lr_mult",
                   "weight_decay": "decay_mult"}
 # Every other V1 field has a LayerParameter field of the same name and type.
 _V1_SAME_NAME = [fd.name for fd in pb.V1LayerParameter.DESCRIPTOR.fields
-                 if fd.name not in _V1_PARAM_SPEC and fd.name not in ("type", "layer")]
+                 if fd.name not in V1_PARAM_SPEC and fd.name not in ("type", "layer")]
 
 
 def _has_v1_layers(s: _State) -> bool:
@@ -284,7 +288,7 @@ def _upgrade_v1_entry(s: _State, v1, origin: Origin) -> pb.LayerParameter:
                                hint="give it a real layer type")
         out.type = V1_TYPE_NAMES[v1.type]
     for fd, _ in v1.ListFields():
-        if fd.name in _V1_PARAM_SPEC:
+        if fd.name in V1_PARAM_SPEC:
             for j, value in enumerate(getattr(v1, fd.name)):
                 while len(out.param) <= j:
                     out.param.add()
@@ -292,14 +296,15 @@ def _upgrade_v1_entry(s: _State, v1, origin: Origin) -> pb.LayerParameter:
                 if fd.name == "blob_share_mode":
                     value = pb.ParamSpec.DimCheckMode.Value(
                         pb.V1LayerParameter.DimCheckMode.Name(value))
-                setattr(spec, _V1_PARAM_SPEC[fd.name], value)
+                setattr(spec, V1_PARAM_SPEC[fd.name], value)
         elif fd.name in _V1_SAME_NAME:
             _copy_value(v1, out, fd.name, fd.name)
     return out
 
 
 def _upgrade_v1_layers(s: _State) -> None:
-    layers = [_upgrade_v1_entry(s, v1, origin) for v1, origin in zip(s.param.layers, s.origins, strict=True)]
+    layers = [_upgrade_v1_entry(s, v1, origin)
+              for v1, origin in zip(s.param.layers, s.origins, strict=True)]
     del s.param.layers[:]
     s.param.layer.extend(layers)
     s.log.append(f"upgraded {len(layers)} V1 layers to the current format (type enums -> "
@@ -308,17 +313,17 @@ def _upgrade_v1_layers(s: _State) -> None:
 
 # --------------------------------------------------------- data transform ----
 
-_DATA_PARAMS = ("data_param", "image_data_param", "window_data_param")
+DATA_PARAMS = ("data_param", "image_data_param", "window_data_param")
 # The legacy preprocessing fields: those the data params share with transform_param.
 _TRANSFORM_FIELDS = {
     name: [f.name for f in getattr(pb.LayerParameter(), name).DESCRIPTOR.fields
            if f.name in pb.TransformationParameter.DESCRIPTOR.fields_by_name]
-    for name in _DATA_PARAMS
+    for name in DATA_PARAMS
 }
 
 
 def _legacy_transform_fields(layer):
-    for param in _DATA_PARAMS:
+    for param in DATA_PARAMS:
         if layer.HasField(param):
             sub = getattr(layer, param)
             for name in _TRANSFORM_FIELDS[param]:
@@ -485,43 +490,3 @@ def upgrade_solver(solver: pb.SolverParameter, source_map=None):
         net.CopyFrom(result.param)
         log += [f"{'.'.join(map(str, prefix))}: {line}" for line in result.log]
     return solver, log
-
-
-# ------------------------------------------------------- source locations ----
-
-_V0_INVERSE = {tuple(dest.split(".")): v0_name for v0_name, routes in _V0_FIELDS.items()
-               for dest in routes.values()}
-
-
-def source_paths(origin: Origin, path: tuple) -> list[tuple]:
-    """Candidate source paths (best first) for ``path`` inside an upgraded layer."""
-    path = tuple(path)
-    base = origin.path
-    head = path[0] if path else None
-    if origin.kind == "input":
-        top = base[:-2]
-        if head == "top" and len(path) > 1:
-            return [top + ("input", path[1])]
-        if head == "input_param" and len(path) >= 3:
-            k, rest = path[2], path[3:]
-            dim_index = rest[1] if len(rest) > 1 else 0
-            return [top + ("input_shape", k) + rest, top + ("input_dim", 4 * k + dim_index)]
-        return [base]
-    candidates = []
-    if origin.kind == "V2":
-        candidates.append(base + path)
-    elif head == "param" and len(path) > 1:
-        j, leaf = path[1], path[2] if len(path) > 2 else "lr_mult"
-        v1_name = {v: k for k, v in _V1_PARAM_SPEC.items()}.get(leaf, "blobs_lr")
-        candidates.append(base + (("layer",) if origin.kind == "V0" else ()) + (v1_name, j))
-    elif origin.kind == "V1" or head in ("bottom", "top"):
-        candidates.append(base + path)
-    else:  # V0: the setting sits flat in the nested 'layer'
-        named = tuple(p for p in path if isinstance(p, str))
-        v0_name = "type" if named == ("type",) else _V0_INVERSE.get(named)
-        if v0_name:
-            candidates.append(base + ("layer", v0_name))
-        candidates.append(base + ("layer",))
-    if head == "transform_param" and len(path) > 1:  # may have moved out of a data param
-        candidates += [base + (param,) + path[1:] for param in _DATA_PARAMS]
-    return candidates

@@ -146,7 +146,8 @@ def pool_reference(x, method, kernel, stride=1, pad=0, ceil_mode=True,
                         for h in range(max(h0, 0), min(h1, height)):
                             for v in range(max(w0, 0), min(w1, width)):
                                 total += x[n, c, h, v]
-                        y[n, c, oh, ow] = total / area
+                        # an empty ceil-mode window (pad 0, stride > k) is 0/0 in Caffe
+                        y[n, c, oh, ow] = total / area if area else np.nan
                     else:
                         raise ValueError(f"method must be 'max' or 'ave', got {method!r}")
     return (y, arg) if return_argmax else y
@@ -242,7 +243,8 @@ def neuron_reference(kind: str, x, **p) -> np.ndarray:
     x = np.asarray(x, np.float64)
     with np.errstate(all="ignore"):
         if kind == "ReLU":
-            return np.where(x > 0, x, p.get("negative_slope", 0.0) * x)
+            # Caffe's expression: NaN for -inf with slope 0, like Caffe
+            return np.maximum(x, 0) + p.get("negative_slope", 0.0) * np.minimum(x, 0)
         if kind == "ELU":
             return np.where(x > 0, x, p.get("alpha", 1.0) * (np.exp(x) - 1.0))
         if kind == "Sigmoid":
@@ -274,7 +276,7 @@ def prelu_reference(x, slope) -> np.ndarray:
     x = np.asarray(x, np.float64)
     a = np.broadcast_to(np.asarray(slope, np.float64).ravel(), (x.shape[1],))
     a = a.reshape((1, -1) + (1,) * (x.ndim - 2))
-    return np.where(x > 0, x, a * x)
+    return np.maximum(x, 0) + a * np.minimum(x, 0)
 
 
 def eltwise_reference(inputs, operation="SUM", coeff=None):

@@ -223,6 +223,19 @@ def test_parses_with_a_name_and_layers(name):
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_outputs_are_prob_or_the_losses(name):
+    """No dangling blobs: what nothing consumes is exactly the net's result."""
+    net = parse(ZOO / name)
+    for phase, expected in ((pb.TEST, {"prob"} | {"loss", "accuracy", "accuracy_top5"}),
+                            (pb.TRAIN, {"prob", "loss"})):
+        kept = [layer for layer in net.layer if _kept(layer, phase)]
+        tops = {t for layer in kept for t in layer.top}
+        outputs = tops - {b for layer in kept for b in layer.bottom}
+        assert outputs and outputs <= expected, (phase, outputs)
+        assert ("prob" in outputs) == ("train" not in name), outputs
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_independent_param_count(name):
     layers, _ = counted(name)
     exp = EXPECTED[name]
@@ -332,27 +345,30 @@ def test_weight_layers_match_published_model(shared_models, ours):
 
 # ------------------------------------------------- through netdef.summary ----
 
-def summarize(path, phase="TEST"):
+def summarize(path, data=None):
+    """netdef's summary in TEST phase; ``data`` fixes what a data layer yields
+    (its database is not there), as ``--input-shape`` would."""
     from netdef.summary import summarize as netdef_summarize
 
-    return netdef_summarize(str(path), phase=phase)
+    shapes = {"data": data, "label": (data[0],)} if data else None
+    return netdef_summarize(str(path), phase="TEST", input_shapes=shapes)
 
 
 def _shape_of(summary, blob):
     """Shape of ``blob`` as produced by the last layer writing it."""
     found = None
     for layer in summary.layers:
-        for top, shape in zip(layer.tops, layer.top_shapes):
+        for top, shape in zip(layer.tops, layer.top_shapes, strict=True):
             if top == blob:
-                found = tuple(shape)
-    assert found is not None, f"no layer produces {blob!r}"
-    return found
+                found = shape
+    assert found is not None, f"no layer gives {blob!r} a known shape"
+    return tuple(found)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_summary_totals(name):
     exp = EXPECTED[name]
-    s = summarize(ZOO / name)
+    s = summarize(ZOO / name, exp.data)
     assert s.total_params == exp.params
     assert s.total_stored == exp.params + exp.stored
     assert s.total_macs == exp.macs * exp.batch
@@ -360,28 +376,31 @@ def test_summary_totals(name):
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_summary_shapes(name):
-    s = summarize(ZOO / name)
-    for blob, shape in EXPECTED[name].shapes.items():
+    exp = EXPECTED[name]
+    s = summarize(ZOO / name, exp.data)
+    for blob, shape in exp.shapes.items():
         assert _shape_of(s, blob) == shape, blob
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_summary_agrees_with_independent_count(name):
-    s = summarize(ZOO / name)
+    s = summarize(ZOO / name, EXPECTED[name].data)
     layers, _ = counted(name)
-    mine = [(c.name, c.learnable, c.macs) for c in layers if c.blobs or c.macs]
-    theirs = [(x.name, x.params, x.macs) for x in s.layers if x.stored or x.macs]
+    mine = [(c.name, c.blobs, c.learnable, c.macs) for c in layers if c.blobs or c.macs]
+    theirs = [(x.name, [tuple(b) for b in x.param_shapes], x.params, x.macs)
+              for x in s.layers if x.stored or x.macs]
     assert theirs == mine
 
 
-@pytest.mark.parametrize("ours", sorted(p for p in PUBLISHED if p != "nin_imagenet_deploy.prototxt"))
-def test_summary_matches_published_deploy(shared_models, ours):
-    path, _ = _published(shared_models, ours)
-    theirs = summarize(path)
+@pytest.mark.parametrize("ours", sorted(PUBLISHED))
+def test_summary_matches_published_model(shared_models, ours):
+    path, data = _published(shared_models, ours)
+    theirs = summarize(path, data)
     mine = summarize(ZOO / ours)
 
     def weights(s):
-        return [(x.name, x.type, x.params, x.stored) for x in s.layers if x.stored]
+        return [(x.name, x.type, [tuple(b) for b in x.param_shapes], x.params, x.stored)
+                for x in s.layers if x.stored]
 
     assert weights(mine) == weights(theirs)
     assert mine.total_params == theirs.total_params

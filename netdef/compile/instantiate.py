@@ -104,7 +104,10 @@ def instantiate(graph: Graph, input_shapes: dict[str, tuple] | None = None,
             _override_source_shapes(step, input_shapes)
             _share_params(inst, step, param_owners)
         except UnknownShape as why:
-            _mark_unknown(inst, node, f"layer '{node.name}': {why}")
+            if node.bottoms or not all(t in input_shapes for t in node.tops):
+                _mark_unknown(inst, node, f"layer '{node.name}': {why}")
+            else:               # the user said what the unreadable source yields
+                _override_source_shapes(step, input_shapes)
         except NetdefError as err:
             if not collect_errors:
                 raise

@@ -11,6 +11,10 @@ allow ``nnan``/``ninf``: max pooling, ReLU and Clip must keep Caffe's
 behaviour for NaN and infinity, and ``afn`` would swap exp/log/pow for
 approximations.
 
+``error_model="numpy"``: float division by zero gives inf/NaN as in C++
+(Caffe's average pooling of an empty ceil-mode window is 0/0 = NaN) instead
+of raising, and the divide loops need no zero checks, so they vectorise.
+
 Numba's on-disk cache key holds the function's bytecode and signature but
 not these options, so after editing this file delete the cached
 ``__pycache__/*.nbi``/``*.nbc`` files next to the kernels (or touch the
@@ -24,5 +28,7 @@ from numba import njit, prange  # noqa: F401  (prange re-exported for the kernel
 
 FASTMATH = frozenset({"contract", "reassoc", "arcp", "nsz"})
 
-kernel = njit(cache=True, nogil=True, fastmath=set(FASTMATH))
-parallel_kernel = njit(cache=True, nogil=True, parallel=True, fastmath=set(FASTMATH))
+OPTIONS = dict(cache=True, nogil=True, error_model="numpy", fastmath=set(FASTMATH))
+
+kernel = njit(**OPTIONS)
+parallel_kernel = njit(parallel=True, **OPTIONS)

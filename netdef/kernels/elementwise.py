@@ -26,28 +26,39 @@ from netdef.kernels._jit import kernel, parallel_kernel, prange
 
 _HALF = np.float32(0.5)
 _ONE = np.float32(1.0)
+_ZERO = np.float32(0.0)
+
+
+@kernel
+def _pos(v):
+    """std::max(v, 0): NaN propagates, -0.0 is kept."""
+    return _ZERO if v < _ZERO else v
+
+
+@kernel
+def _neg(v):
+    """std::min(v, 0): NaN propagates, -0.0 is kept."""
+    return _ZERO if _ZERO < v else v
 
 
 @parallel_kernel
 def relu(x, negative_slope, out):
-    """out = x if x > 0 else negative_slope * x (NaN stays NaN)."""
+    """out = max(x, 0) + negative_slope * min(x, 0), exactly Caffe's expression.
+
+    So NaN stays NaN and, as in Caffe, -inf with a zero slope gives NaN
+    (0 * -inf).
+    """
     xf = x.reshape(x.size)
     of = out.reshape(out.size)
     slope = np.float32(negative_slope)
-    # branch outside the loop: plain ReLU must give 0 (not NaN) for -inf
-    if slope == 0.0:
-        for i in prange(xf.size):
-            v = xf[i]
-            of[i] = np.float32(0.0) if v <= 0.0 else v
-    else:
-        for i in prange(xf.size):
-            v = xf[i]
-            of[i] = v if v > 0.0 else slope * v
+    for i in prange(xf.size):
+        v = xf[i]
+        of[i] = _pos(v) + slope * _neg(v)
 
 
 @parallel_kernel
 def relu_backward(x, top_diff, negative_slope, bottom_diff):
-    """dx = dy * (1 if x > 0 else negative_slope).
+    """dx = dy * ((x > 0) + negative_slope * (x <= 0)); a NaN x passes no gradient.
 
     ``x`` may be the top data of an in-place ReLU: for a slope >= 0 the sign
     of y equals the sign of x.
@@ -57,7 +68,13 @@ def relu_backward(x, top_diff, negative_slope, bottom_diff):
     bf = bottom_diff.reshape(bottom_diff.size)
     slope = np.float32(negative_slope)
     for i in prange(xf.size):
-        bf[i] = df[i] if xf[i] > 0.0 else slope * df[i]
+        v = xf[i]
+        if v > 0.0:
+            bf[i] = df[i]
+        elif v <= 0.0:
+            bf[i] = slope * df[i]
+        else:
+            bf[i] = 0.0
 
 
 @parallel_kernel
@@ -204,7 +221,7 @@ def threshold(x, t, out):
     of = out.reshape(out.size)
     tt = np.float32(t)
     for i in prange(xf.size):
-        of[i] = _ONE if xf[i] > tt else np.float32(0.0)
+        of[i] = _ONE if xf[i] > tt else _ZERO
 
 
 @parallel_kernel
@@ -233,7 +250,7 @@ def swish(x, beta, out):
 
 @parallel_kernel
 def prelu(x3, slope, out3):
-    """out = x if x > 0 else slope[c] * x, over x3 (N, C, inner), slope (C,).
+    """out = max(x, 0) + slope[c] * min(x, 0), over x3 (N, C, inner), slope (C,).
 
     For channel_shared the layer passes a C-vector filled with the one
     slope.  Parallel over N*C.
@@ -245,7 +262,7 @@ def prelu(x3, slope, out3):
         a = slope[c]
         for i in range(inner):
             v = x3[n, c, i]
-            out3[n, c, i] = v if v > 0.0 else a * v
+            out3[n, c, i] = _pos(v) + a * _neg(v)
 
 
 @parallel_kernel
@@ -329,4 +346,4 @@ def eltwise_max_backward(top_diff, mask, idx, bottom_diff):
     mf = mask.reshape(mask.size)
     bf = bottom_diff.reshape(bottom_diff.size)
     for i in range(df.size):
-        bf[i] = df[i] if mf[i] == idx else np.float32(0.0)
+        bf[i] = df[i] if mf[i] == idx else _ZERO

@@ -3,7 +3,10 @@
 Window of output (oh, ow): rows ``hstart = oh*sh - ph`` to
 ``hend = min(hstart + kh, H)`` with ``hstart`` clipped to >= 0 (columns
 likewise).  The layer chooses the output size (Caffe's ceil rule with the
-last-window clip), so every window holds at least one real pixel.
+last-window clip).  One corner remains, as in Caffe: with pad 0, ceil
+mode and stride > kernel the last window can start at H and be empty;
+max pooling then gives -FLT_MAX with argmax -1 and average pooling
+0/0 = NaN.
 
 Average pooling divides by Caffe's ``pool_size``: the window area measured
 after clipping the end to ``H + ph`` but before clipping to the image, so

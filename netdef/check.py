@@ -1,0 +1,302 @@
+"""``netdef check``: a linter that reports every problem it finds in one run.
+
+A parse error stops it (there is no net to look at), but everything after
+that is collected: wiring errors per phase, every layer that fails shape
+inference (``instantiate(collect_errors=True)``), and warnings about nets
+that load but probably do not do what their author meant. Each finding
+points at the layer's ``file:line:col``.
+
+Checks are small functions in ``NET_CHECKS`` (over the whole NetParameter)
+and ``PHASE_CHECKS`` (over one shape-inferred phase); adding a check is
+adding a function to one of the two lists.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from netdef.compile.instantiate import Instance, instantiate
+from netdef.errors import GraphError, Location, NetdefError
+from netdef.graph import build_graph, layer_included, make_state
+from netdef.layers.base import layer_class
+from netdef.schema import PHASE_NAMES, pb, phase_value
+
+ERROR, WARNING = "error", "warning"
+
+
+@dataclass(frozen=True)
+class Finding:
+    severity: str              # "error" or "warning"
+    location: str              # file:line:col when known, else the file name
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.location}: {self.severity}: {self.message}"
+
+
+class _Context:
+    """What the checks see: the source, its layer locations and a sink."""
+
+    def __init__(self, source):
+        self.source = source
+        self.param: pb.NetParameter = source.param
+        self.found: list[Finding] = []
+
+    def where(self, index: int | None = None, loc: Location | None = None) -> str:
+        if loc is None and index is not None:
+            loc = self.source.layer_location(index)
+        return str(loc) if loc is not None else self.source.filename
+
+    def add(self, severity: str, message: str, index=None, loc=None) -> None:
+        self.found.append(Finding(severity, self.where(index, loc), message))
+
+
+# -------------------------------------------------------- helpers ----
+def _is_source(layer: pb.LayerParameter) -> bool:
+    return not layer.bottom and layer.type != "Input"
+
+
+def _is_loss(type_name: str) -> bool:
+    try:
+        return bool(layer_class(type_name).is_loss)
+    except NetdefError:
+        return False
+
+
+def _rule_uses_state_beyond_phase(layer: pb.LayerParameter) -> bool:
+    return any(r.stage or r.not_stage or r.HasField("min_level") or r.HasField("max_level")
+               for r in (*layer.include, *layer.exclude))
+
+
+def _has_phase_rule(layer: pb.LayerParameter) -> bool:
+    return any(r.HasField("phase") for r in (*layer.include, *layer.exclude))
+
+
+def is_deploy(param: pb.NetParameter) -> bool:
+    """An Input layer, no data layer and no phase rules: a net only for inference."""
+    has_input = any(l.type == "Input" for l in param.layer)
+    return has_input and not any(_is_source(l) for l in param.layer) and \
+        not any(_has_phase_rule(l) for l in param.layer)
+
+
+# ------------------------------------------------------ net checks ----
+def check_duplicate_names(ctx: _Context) -> None:
+    first: dict[str, int] = {}
+    for i, layer in enumerate(ctx.param.layer):
+        if layer.name in first:
+            j = first[layer.name]
+            ctx.add(WARNING, f"layer name '{layer.name}' is used again (first at "
+                    f"{ctx.where(j)}); weights are matched by name, so only one of them "
+                    "can receive them", index=i)
+        else:
+            first[layer.name] = i
+
+
+def check_never_included(ctx: _Context) -> None:
+    for i, layer in enumerate(ctx.param.layer):
+        if _rule_uses_state_beyond_phase(layer) or (layer.include and layer.exclude):
+            continue
+        states = [make_state(p) for p in PHASE_NAMES.values()]
+        if not any(layer_included(layer, s) for s in states):
+            ctx.add(WARNING, f"layer '{layer.name}' ({layer.type}) is excluded from both "
+                    "the TRAIN and the TEST net, so it never runs", index=i)
+
+
+def check_data_phases(ctx: _Context) -> None:
+    if not any(_has_phase_rule(l) for l in ctx.param.layer):
+        return
+    for i, layer in enumerate(ctx.param.layer):
+        if _is_source(layer) and not layer.include and not layer.exclude:
+            ctx.add(WARNING, f"data layer '{layer.name}' ({layer.type}) has no include rule "
+                    "while other layers are phase-specific, so TRAIN and TEST read the same "
+                    "data", index=i)
+
+
+NET_CHECKS = [check_duplicate_names, check_never_included, check_data_phases]
+
+
+# ---------------------------------------------------- phase checks ----
+def check_errors(ctx: _Context, inst: Instance) -> None:
+    for err in inst.errors:
+        msg = err.message + (f" ({err.hint})" if err.hint else "")
+        ctx.add(ERROR, msg, loc=err.where if isinstance(err.where, Location) else None)
+
+
+def check_unknown_shapes(ctx: _Context, inst: Instance) -> None:
+    """One warning per layer where shape knowledge stops (not per blob after it)."""
+    for step in _settled(inst):
+        tops = [t for t in step.node.tops if t in inst.unknown]
+        if not tops:
+            continue
+        ctx.add(WARNING, f"the shape of {', '.join(repr(t) for t in tops)} could not be "
+                f"inferred: {inst.unknown[tops[0]]}", loc=step.node.where)
+
+
+def check_param_specs(ctx: _Context, inst: Instance) -> None:
+    for step in _settled(inst):
+        n_specs, n_blobs = len(step.node.param.param), len(step.layer.blobs)
+        if n_specs > n_blobs:
+            what = "no parameter blobs" if n_blobs == 0 else f"only {n_blobs} parameter blob(s)"
+            ctx.add(ERROR, f"layer '{step.name}' ({step.node.type}) has {n_specs} param "
+                    f"spec(s) but {what}; Caffe refuses to load it",
+                    loc=step.node.where)
+
+
+def check_global_stats_in_train(ctx: _Context, inst: Instance) -> None:
+    if inst.graph.phase != pb.TRAIN:
+        return
+    for step in inst.steps:
+        p = step.node.param
+        if p.type == "BatchNorm" and p.batch_norm_param.HasField("use_global_stats") \
+                and p.batch_norm_param.use_global_stats:
+            ctx.add(WARNING, f"BatchNorm '{step.name}' has use_global_stats: true in the "
+                    "TRAIN net, so it never updates its statistics and normalizes with "
+                    "stored ones", loc=step.node.where)
+
+
+def check_loss_in_deploy(ctx: _Context, inst: Instance) -> None:
+    if not is_deploy(ctx.param):
+        return
+    for step in inst.steps:
+        if step.layer.is_loss:
+            ctx.add(WARNING, f"loss layer '{step.name}' ({step.node.type}) in a deploy net "
+                    "(it has an Input layer and no data layer); a loss needs labels",
+                    loc=step.node.where)
+
+
+def check_unused_tops(ctx: _Context, inst: Instance) -> None:
+    """A top nobody reads, when it is not the net's final output.
+
+    Loss and Accuracy tops are meant to be left unread. Among the other
+    unread tops, the one written last is the net's output; every other one
+    is computed for nothing (or a consumer is missing).
+    """
+    producer = {}
+    for k, step in enumerate(inst.steps):
+        for t in step.node.tops:
+            producer[t] = (k, step)
+    candidates = [t for t in inst.graph.outputs if t in producer
+                  and not producer[t][1].layer.is_loss and producer[t][1].node.type != "Accuracy"]
+    if len(candidates) < 2:
+        return
+    last = max(producer[t][0] for t in candidates)
+    final = [t for t in candidates if producer[t][0] == last]
+    for t in candidates:
+        if t in final:
+            continue
+        step = producer[t][1]
+        ctx.add(WARNING, f"top '{t}' of layer '{step.name}' ({step.node.type}) is never used "
+                f"(the net's output is {', '.join(repr(f) for f in final)})",
+                loc=step.node.where)
+
+
+def check_nothing_trains(ctx: _Context, inst: Instance) -> None:
+    if inst.graph.phase != pb.TRAIN:
+        return
+    learnable = 0
+    for step in inst.steps:
+        specs = step.node.param.param
+        for i, ok in enumerate(step.layer.learnable):
+            if not ok:
+                continue
+            learnable += 1
+            if i >= len(specs) or specs[i].lr_mult != 0:
+                return
+    if learnable:
+        ctx.add(WARNING, "every learnable parameter has lr_mult: 0, so training changes "
+                "nothing")
+
+
+def check_graph_warnings(ctx: _Context, inst: Instance) -> None:
+    for message in inst.graph.warnings:
+        ctx.add(WARNING, message)
+
+
+def _settled(inst: Instance) -> list:
+    """Steps whose setup ran: every bottom known and no error of their own."""
+    failed = {e.where for e in inst.errors if e.where is not None}
+    return [s for s in inst.steps
+            if not any(b in inst.unknown for b in s.node.bottoms) and s.node.where not in failed]
+
+
+PHASE_CHECKS = [check_errors, check_unknown_shapes, check_param_specs,
+                check_global_stats_in_train, check_loss_in_deploy, check_unused_tops,
+                check_nothing_trains, check_graph_warnings]
+
+
+# ------------------------------------------------------------ check ----
+def check(net, phase=None, input_shapes=None, level: int = 0, stages=()) -> list[Finding]:
+    """Every problem found in ``net`` (path, text or NetSource), errors first.
+
+    With ``phase=None`` both the TRAIN and the TEST net are checked (only
+    TEST for a deploy net, which nobody trains); a finding that appears in
+    only one of them says which.
+    """
+    from netdef.frontend import NetSource, read_net
+
+    try:
+        source = net if isinstance(net, NetSource) else read_net(net)
+    except NetdefError as err:
+        return [_finding_from(err, getattr(net, "filename", None) or _name_of(net))]
+
+    ctx = _Context(source)
+    for fn in NET_CHECKS:
+        fn(ctx)
+    net_level = list(ctx.found)
+
+    if phase is not None:
+        phases = [phase_value(phase)]
+    elif is_deploy(source.param):
+        phases = [pb.TEST]
+    else:
+        phases = [pb.TRAIN, pb.TEST]
+    per_phase: list[list[Finding]] = []
+    for ph in phases:
+        ctx.found = []
+        _check_phase(ctx, ph, input_shapes, level, stages)
+        per_phase.append(ctx.found)
+
+    findings = net_level + _merge_phases(phases, per_phase)
+    return sorted(findings, key=lambda f: f.severity != ERROR)
+
+
+def _check_phase(ctx: _Context, phase: int, input_shapes, level, stages) -> None:
+    try:
+        graph = build_graph(ctx.source, phase, level, stages, splits=False)
+        inst = instantiate(graph, input_shapes, collect_errors=True)
+    except GraphError as err:
+        ctx.found.append(_finding_from(err, ctx.source.filename))
+        return
+    for fn in PHASE_CHECKS:
+        fn(ctx, inst)
+
+
+def _merge_phases(phases: list[int], per_phase: list[list[Finding]]) -> list[Finding]:
+    """Findings of all phases once each; tag those seen in only some phases."""
+    seen: dict[Finding, list[int]] = {}
+    for ph, found in zip(phases, per_phase):
+        for f in found:
+            seen.setdefault(f, [])
+            if ph not in seen[f]:
+                seen[f].append(ph)
+    out = []
+    for f, where in seen.items():
+        if len(phases) > 1 and len(where) < len(phases):
+            names = "/".join(PHASE_NAMES[p] for p in where)
+            f = Finding(f.severity, f.location, f"{f.message} [{names} net]")
+        out.append(f)
+    return out
+
+
+def _finding_from(err: NetdefError, filename: str) -> Finding:
+    msg = err.message + (f" ({err.hint})" if err.hint else "")
+    return Finding(ERROR, str(err.where) if err.where else filename, msg)
+
+
+def _name_of(net) -> str:
+    if isinstance(net, str) and ("{" in net or "\n" in net):
+        return "<string>"
+    return str(net)
+
+
+def has_errors(findings: list[Finding]) -> bool:
+    return any(f.severity == ERROR for f in findings)

@@ -1,0 +1,432 @@
+"""``netdef draw``: the shape-inferred graph as a Graphviz picture.
+
+A view of ``summary.summarize`` (principle 14): the same filtered, wired and
+shape-inferred graph the runtime uses, so the picture never disagrees with
+what runs. What it adds is presentation:
+
+* one box per layer, coloured by the layer's family (``STYLES`` keyed by
+  ``Layer.kind``), with its key parameters (``LABELS`` keyed by type), its
+  parameter count and its MACs;
+* in-place layers (ReLU, Dropout, BatchNorm, Scale ...) stacked into the box
+  of the layer whose output they modify, so ``conv1 -> relu1`` is one box;
+* blobs as edges labelled with their shape; the net's outputs as ovals;
+* repeated modules in clusters: names sharing a prefix before '/'
+  (``inception_3a/...``, ``fire2/...``) and ResNet's ``res2a_branch2b`` /
+  ``bn2a_branch2b`` / ``res2a`` naming (a cluster per block inside a
+  cluster per stage).
+"""
+from __future__ import annotations
+
+import html
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+
+from netdef.errors import NetdefError
+from netdef.schema import pb
+from netdef.summary import LayerSummary, NetSummary, human_count, summarize
+
+# ------------------------------------------------------------- styles ----
+# Fill colour per layer family (Layer.kind). Unknown kinds use "other".
+STYLES: dict[str, str] = {
+    "data": "#C8E6C9",         # sources: Input, Data, HDF5Data ...
+    "conv": "#FFCC80",         # Convolution, Deconvolution
+    "pool": "#B3E5FC",
+    "dense": "#FFE082",        # InnerProduct, Embed
+    "neuron": "#FFF9C4",       # elementwise activations
+    "norm": "#E1BEE7",         # LRN, BatchNorm, Scale, MVN ...
+    "structure": "#CFD8DC",    # Concat, Eltwise, Slice, Reshape, Flatten ...
+    "loss": "#F8BBD0",
+    "other": "#EEEEEE",
+}
+FONT = "Helvetica"
+BORDER = "#546E7A"
+FORMATS = ("dot", "gv", "svg", "png", "pdf")
+INSTALL_HINT = ("Graphviz's 'dot' is not installed: apt-get install graphviz (Debian/Ubuntu), "
+                "brew install graphviz (macOS), or write a .dot file")
+
+
+def style_for(kind: str) -> str:
+    return STYLES.get(kind, STYLES["other"])
+
+
+# -------------------------------------------------------------- labels ----
+def _hw(repeated, h: int, w: int, has_hw: bool, default: int) -> tuple[int, int]:
+    """Caffe's spatial fields: explicit _h/_w win over the repeated field."""
+    if has_hw:
+        return h, w
+    values = list(repeated) or [default]
+    return values[0], values[-1] if len(values) > 1 else values[0]
+
+
+def _pair(hw: tuple[int, int]) -> str:
+    return f"{hw[0]}×{hw[1]}"
+
+
+def _one(hw: tuple[int, int]) -> str:
+    return str(hw[0]) if hw[0] == hw[1] else _pair(hw)
+
+
+def _conv(layer: pb.LayerParameter) -> list[str]:
+    p = layer.convolution_param
+    k = _hw(p.kernel_size, p.kernel_h, p.kernel_w, p.HasField("kernel_h"), 0)
+    s = _hw(p.stride, p.stride_h, p.stride_w, p.HasField("stride_h"), 1)
+    pad = _hw(p.pad, p.pad_h, p.pad_w, p.HasField("pad_h"), 0)
+    d = _hw(p.dilation, 0, 0, False, 1)
+    parts = [f"{p.num_output} out", _pair(k)]
+    parts += [f"s{_one(s)}"] if s != (1, 1) else []
+    parts += [f"p{_one(pad)}"] if pad != (0, 0) else []
+    parts += [f"d{_one(d)}"] if d != (1, 1) else []
+    parts += [f"g{p.group}"] if p.group != 1 else []
+    parts += ["no bias"] if not p.bias_term else []
+    return [" · ".join(parts)]
+
+
+def _pool(layer: pb.LayerParameter) -> list[str]:
+    p = layer.pooling_param
+    method = pb.PoolingParameter.PoolMethod.Name(p.pool)
+    if p.global_pooling:
+        return [f"{method} global"]
+    k = _hw([p.kernel_size] if p.HasField("kernel_size") else [], p.kernel_h, p.kernel_w,
+            p.HasField("kernel_h"), 0)
+    s = _hw([p.stride], p.stride_h, p.stride_w, p.HasField("stride_h"), 1)
+    pad = _hw([p.pad], p.pad_h, p.pad_w, p.HasField("pad_h"), 0)
+    parts = [method, _pair(k)]
+    parts += [f"s{_one(s)}"] if s != (1, 1) else []
+    parts += [f"p{_one(pad)}"] if pad != (0, 0) else []
+    return [" · ".join(parts)]
+
+
+def _lrn(layer: pb.LayerParameter) -> list[str]:
+    p = layer.lrn_param
+    region = "" if p.norm_region == p.ACROSS_CHANNELS else " · within"
+    return [f"size {p.local_size} · α {p.alpha:g} · β {p.beta:g}{region}"]
+
+
+def _inner_product(layer: pb.LayerParameter) -> list[str]:
+    p = layer.inner_product_param
+    return [f"{p.num_output} out" + ("" if p.bias_term else " · no bias")]
+
+
+def _eltwise(layer: pb.LayerParameter) -> list[str]:
+    p = layer.eltwise_param
+    text = pb.EltwiseParameter.EltwiseOp.Name(p.operation)
+    if p.coeff:
+        text += " (" + ", ".join(f"{c:g}" for c in p.coeff) + ")"
+    return [text]
+
+
+def _axis(value: int, default: int = 1) -> list[str]:
+    return [] if value == default else [f"axis {value}"]
+
+
+def _batch_norm(layer: pb.LayerParameter) -> list[str]:
+    p = layer.batch_norm_param
+    parts = []
+    if p.HasField("use_global_stats"):
+        parts.append("global stats" if p.use_global_stats else "batch stats")
+    if p.eps != pb.BatchNormParameter().eps:
+        parts.append(f"eps {p.eps:g}")
+    return [" · ".join(parts)] if parts else []
+
+
+def _shape_dims(shape: pb.BlobShape) -> str:
+    return "×".join(str(d) for d in shape.dim)
+
+
+def _data(layer: pb.LayerParameter) -> list[str]:
+    for name in ("data_param", "image_data_param", "hdf5_data_param", "window_data_param"):
+        if layer.HasField(name):
+            p = getattr(layer, name)
+            parts = [f"batch {p.batch_size}"] if getattr(p, "batch_size", 0) else []
+            if getattr(p, "source", ""):
+                parts.append(os.path.basename(p.source.rstrip("/")))
+            t = layer.transform_param
+            if t.crop_size:
+                parts.append(f"crop {t.crop_size}")
+            return [" · ".join(parts)] if parts else []
+    return []
+
+
+def _python(layer: pb.LayerParameter) -> list[str]:
+    p = layer.python_param
+    return [f"{p.module}.{p.layer}"] if p.module else []
+
+
+# Key parameters per layer type: a function LayerParameter -> lines of text.
+LABELS = {
+    "Convolution": _conv,
+    "Deconvolution": _conv,
+    "Pooling": _pool,
+    "LRN": _lrn,
+    "InnerProduct": _inner_product,
+    "Dropout": lambda l: [f"ratio {l.dropout_param.dropout_ratio:g}"],
+    "Eltwise": _eltwise,
+    "Concat": lambda l: _axis(l.concat_param.axis),
+    "Softmax": lambda l: _axis(l.softmax_param.axis),
+    "Flatten": lambda l: _axis(l.flatten_param.axis),
+    "Slice": lambda l: _axis(l.slice_param.axis) + (
+        ["at " + ",".join(map(str, l.slice_param.slice_point))]
+        if l.slice_param.slice_point else []),
+    "Reshape": lambda l: ["to " + _shape_dims(l.reshape_param.shape)],
+    "Scale": lambda l: ["+ bias"] if l.scale_param.bias_term else [],
+    "BatchNorm": _batch_norm,
+    "Power": lambda l: [f"({l.power_param.shift:g} + {l.power_param.scale:g}x)"
+                        f"^{l.power_param.power:g}"],
+    "ReLU": lambda l: ([f"slope {l.relu_param.negative_slope:g}"]
+                       if l.relu_param.negative_slope else []),
+    "Input": lambda l: [", ".join(_shape_dims(s) for s in l.input_param.shape)],
+    "Data": _data, "ImageData": _data, "HDF5Data": _data, "WindowData": _data,
+    "Python": _python,
+}
+
+
+def _lr_text(layer: LayerSummary) -> str | None:
+    specs = list(layer.param.param) if layer.param is not None else []
+    n = max(len(specs), len(layer.param_shapes))
+    if n == 0:
+        return None
+    lr = [f"{specs[i].lr_mult:g}" if i < len(specs) else "1" for i in range(n)]
+    decay = [f"{specs[i].decay_mult:g}" if i < len(specs) else "1" for i in range(n)]
+    return f"lr {'/'.join(lr)} · decay {'/'.join(decay)}"
+
+
+# --------------------------------------------------------------- boxes ----
+@dataclass
+class Box:
+    """One drawn node: a layer plus the in-place layers stacked into it."""
+
+    id: str
+    layers: list[LayerSummary] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.layers[0].name
+
+
+@dataclass
+class Edge:
+    src: str
+    dst: str
+    blob: str
+    shape: tuple | None
+    label_blob: bool       # show the blob name (it differs from its producer's name)
+
+
+def merge_boxes(summary: NetSummary) -> tuple[list[Box], list[Edge], list[str]]:
+    """Boxes (in-place chains merged), blob edges, and ids of net-output ovals.
+
+    An in-place layer joins the box that produced its blob only while no
+    other layer has read that blob yet: a layer that read the value before
+    the in-place change must visibly read it from the earlier box.
+    """
+    boxes: list[Box] = []
+    edges: list[Edge] = []
+    current: dict[str, tuple[Box, tuple | None]] = {}   # blob -> producer box, shape
+    unread: dict[str, bool] = {}
+    for layer in summary.layers:
+        b = layer.bottoms[0] if layer.bottoms else None
+        if (len(layer.bottoms) == 1 and len(layer.tops) == 1 and layer.in_place
+                and b in current and unread.get(b)):
+            box, _ = current[b]
+            box.layers.append(layer)
+            current[b] = (box, layer.top_shapes[0])
+            continue
+        box = Box(f"n{len(boxes)}", [layer])
+        boxes.append(box)
+        for blob in dict.fromkeys(layer.bottoms):
+            src, shape = current[blob]
+            edges.append(Edge(src.id, box.id, blob, shape, blob != src.name))
+            unread[blob] = False
+        for top, shape in zip(layer.tops, layer.top_shapes):
+            current[top] = (box, shape)
+            unread[top] = True
+    outputs = []
+    for i, blob in enumerate(summary.outputs):
+        if blob in current:
+            src, shape = current[blob]
+            oid = f"out{i}"
+            outputs.append((oid, blob))
+            edges.append(Edge(src.id, oid, blob, shape, False))
+    return boxes, edges, outputs
+
+
+# ------------------------------------------------------------ clusters ----
+_RESNET = re.compile(r"^(?:res|bn|scale)(\d+)([a-z])(\d*)(?:_|$)")
+
+
+def group_path(name: str) -> tuple[str, ...]:
+    """Nested cluster keys for a layer name, outermost first; () for none.
+
+    >>> group_path("inception_3a/5x5_reduce")
+    ('inception_3a',)
+    >>> group_path("bn4b12_branch2c")
+    ('res4', 'res4b12')
+    >>> group_path("res2a")
+    ('res2', 'res2a')
+    >>> group_path("conv1")
+    ()
+    """
+    if "/" in name:
+        parts = name.split("/")[:-1]
+        return tuple("/".join(parts[:i + 1]) for i in range(len(parts)))
+    m = _RESNET.match(name)
+    if m:
+        return (f"res{m[1]}", f"res{m[1]}{m[2]}{m[3]}")
+    return ()
+
+
+@dataclass
+class _Cluster:
+    key: str
+    boxes: list[Box] = field(default_factory=list)
+    children: dict[str, _Cluster] = field(default_factory=dict)
+
+    def size(self) -> int:
+        return len(self.boxes) + sum(c.size() for c in self.children.values())
+
+
+def _cluster_tree(boxes: list[Box]) -> _Cluster:
+    root = _Cluster("")
+    for box in boxes:
+        node = root
+        for key in group_path(box.name):
+            node = node.children.setdefault(key, _Cluster(key))
+        node.boxes.append(box)
+    return root
+
+
+# ----------------------------------------------------------------- DOT ----
+def _esc(text: str) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _shape_text(shape: tuple | None) -> str:
+    return "?" if shape is None else "×".join(str(d) for d in shape)
+
+
+def _layer_rows(layer: LayerSummary, display_lr: bool) -> list[str]:
+    color = style_for(layer.kind)
+    title = (f'<B>{_esc(layer.name)}</B>  <FONT POINT-SIZE="9" COLOR="#37474F">'
+             f'{_esc(layer.type)}</FONT>')
+    lines = [l for l in LABELS.get(layer.type, lambda _: [])(layer.param) if l]
+    stats = []
+    if layer.params or layer.stored:
+        stats.append(f"{human_count(layer.params or layer.stored)} params")
+    if layer.macs:
+        stats.append(f"{human_count(layer.macs)} MACs")
+    if stats:
+        lines.append(" · ".join(stats))
+    if display_lr:
+        lr = _lr_text(layer)
+        if lr:
+            lines.append(lr)
+    rows = [f'<TR><TD BGCOLOR="{color}" ALIGN="CENTER">{title}</TD></TR>']
+    rows += [f'<TR><TD BGCOLOR="{color}"><FONT POINT-SIZE="9">{_esc(l)}</FONT></TD></TR>'
+             for l in lines]
+    return rows
+
+
+def _box_label(box: Box, display_lr: bool) -> str:
+    rows: list[str] = []
+    for i, layer in enumerate(box.layers):
+        if i:
+            rows.append('<HR/>')
+        rows += _layer_rows(layer, display_lr)
+    return ('<<TABLE BORDER="1" CELLBORDER="0" CELLSPACING="0" CELLPADDING="3" '
+            f'STYLE="ROUNDED" COLOR="{BORDER}">' + "".join(rows) + "</TABLE>>")
+
+
+def _edge_line(edge: Edge) -> str:
+    shape = _shape_text(edge.shape)
+    label = f"{edge.blob}\\n{shape}" if edge.label_blob else shape
+    return f'  {edge.src} -> {edge.dst} [label="{_quote(label)}"];'
+
+
+def _quote(text: str) -> str:
+    return text.replace('"', '\\"')
+
+
+def _emit_cluster(cluster: _Cluster, display_lr: bool, out: list[str], depth: int) -> None:
+    pad = "  " * depth
+    for box in cluster.boxes:
+        out.append(f"{pad}{box.id} [label={_box_label(box, display_lr)}];")
+    for child in cluster.children.values():
+        if child.size() < 2:          # a single box is not a module
+            _emit_cluster(child, display_lr, out, depth)
+            continue
+        cid = re.sub(r"\W", "_", child.key)
+        out.append(f'{pad}subgraph "cluster_{cid}" {{')
+        out.append(f'{pad}  label="{_quote(child.key)}"; style="rounded,dashed"; '
+                   f'color="#90A4AE"; fontcolor="#455A64";')
+        _emit_cluster(child, display_lr, out, depth + 1)
+        out.append(f"{pad}}}")
+
+
+def summary_to_dot(summary: NetSummary, rankdir: str = "TB", display_lr: bool = False) -> str:
+    """DOT text for an existing NetSummary."""
+    if rankdir not in ("TB", "LR", "BT", "RL"):
+        raise NetdefError(f"unknown rankdir {rankdir!r}: expected TB, LR, BT or RL")
+    boxes, edges, outputs = merge_boxes(summary)
+    title = f"{summary.name or '(unnamed)'} — {summary.phase}"
+    out = [
+        "digraph netdef {",
+        f'  graph [rankdir={rankdir}, label="{_quote(title)}", labelloc=t, fontsize=16, '
+        f'fontname="{FONT}", nodesep=0.3, ranksep=0.35];',
+        f'  node [shape=plain, fontname="{FONT}", fontsize=11];',
+        f'  edge [fontname="{FONT}", fontsize=9, color="#607D8B", fontcolor="#37474F", '
+        'arrowsize=0.6];',
+    ]
+    _emit_cluster(_cluster_tree(boxes), display_lr, out, 1)
+    for oid, blob in outputs:
+        out.append(f'  {oid} [label="{_quote(blob)}", shape=oval, style=filled, '
+                   f'fillcolor="#ECEFF1", color="{BORDER}"];')
+    out += [_edge_line(e) for e in edges]
+    out.append("}")
+    return "\n".join(out) + "\n"
+
+
+def to_dot(net, rankdir: str = "TB", phase="TEST", display_lr: bool = False,
+           input_shapes=None, level: int = 0, stages=()) -> str:
+    """DOT text of ``net`` (a path, prototxt text, NetSource or Graph)."""
+    summary = summarize(net, phase, input_shapes, level, stages)
+    return summary_to_dot(summary, rankdir, display_lr)
+
+
+# -------------------------------------------------------------- render ----
+def output_format(out_path) -> str:
+    ext = os.path.splitext(os.fspath(out_path))[1].lower().lstrip(".")
+    if ext not in FORMATS:
+        raise NetdefError(f"cannot tell the picture format of '{out_path}'",
+                          hint="use a .svg, .png, .pdf or .dot file name")
+    return ext
+
+
+def render(dot_text: str, fmt: str) -> bytes:
+    """Run Graphviz's ``dot`` to turn DOT text into ``fmt`` bytes."""
+    exe = shutil.which("dot")
+    if exe is None:
+        raise NetdefError(INSTALL_HINT)
+    done = subprocess.run([exe, f"-T{fmt}"], input=dot_text.encode("utf-8"),
+                          capture_output=True, check=False)
+    if done.returncode != 0:
+        err = done.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise NetdefError(f"Graphviz's dot failed: {err[-1] if err else done.returncode}")
+    return done.stdout
+
+
+def draw(net, out_path, rankdir: str = "TB", phase="TEST", display_lr: bool = False,
+         input_shapes=None, level: int = 0, stages=()) -> str:
+    """Write a picture of ``net`` to ``out_path``; the extension picks the format.
+
+    ``.dot``/``.gv`` writes the DOT text and needs no Graphviz; ``.svg``,
+    ``.png`` and ``.pdf`` run Graphviz's ``dot``. Returns the format written.
+    """
+    from netdef.io.atomic import atomic_write
+
+    fmt = output_format(out_path)
+    text = to_dot(net, rankdir, phase, display_lr, input_shapes, level, stages)
+    atomic_write(out_path, text if fmt in ("dot", "gv") else render(text, fmt))
+    return fmt

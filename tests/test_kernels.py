@@ -1,0 +1,526 @@
+"""Kernels against the slow NumPy references in tests/reference.py.
+
+Every kernel is called with the documented types (float32 C-contiguous
+arrays, Python int and float scalars, 1-D arrays for elementwise kernels),
+so the last test can check that no kernel compiled a second signature.
+Cases whose id contains "tiny" also run with NUMBA_DISABLE_JIT=1.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import reference as ref
+from netdef import kernels
+from netdef.kernels import elementwise as ew
+from netdef.kernels import im2col as i2c
+from netdef.kernels import lrn, normalization, pooling, softmax
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+JIT_DISABLED = os.environ.get("NUMBA_DISABLE_JIT", "0") not in ("", "0")
+
+
+def rand(rng, *shape, scale=1.0):
+    return np.ascontiguousarray(rng.standard_normal(shape).astype(np.float32) * scale)
+
+
+def close(actual, expected, rtol=1e-5, atol=1e-6):
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, equal_nan=True)
+
+
+# ---------------------------------------------------------------- im2col / col2im
+
+# (C, H, W, kernel, stride, pad, dilation)
+CONV_CASES = [
+    pytest.param(2, 5, 4, 3, 1, 1, 1, id="tiny"),
+    pytest.param(3, 9, 11, (3, 2), (2, 1), (1, 0), 1, id="asymmetric"),
+    pytest.param(4, 10, 10, 2, 3, 0, 1, id="stride>kernel"),
+    pytest.param(2, 8, 7, 3, 4, 2, 1, id="stride>kernel-pad"),
+    pytest.param(3, 11, 9, 3, 2, 2, 2, id="dilation"),
+    pytest.param(2, 5, 5, 5, 1, 2, 1, id="kernel=size"),
+    pytest.param(2, 4, 4, 3, 1, 3, 1, id="rows-all-padding"),
+    pytest.param(3, 6, 6, 1, 1, 0, 1, id="1x1"),
+    pytest.param(1, 13, 12, (2, 4), (3, 2), (1, 2), (3, 1), id="mixed"),
+]
+
+
+def pair(v):
+    return v if isinstance(v, tuple) else (v, v)
+
+
+def geometry(h, w, k, s, p, d):
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = map(pair, (k, s, p, d))
+    oh, ow = ref.conv_out(h, kh, sh, ph, dh), ref.conv_out(w, kw, sw, pw, dw)
+    return kh, kw, ph, pw, sh, sw, dh, dw, oh, ow
+
+
+@pytest.mark.parametrize("c,h,w,k,s,p,d", CONV_CASES)
+def test_im2col_matches_reference(c, h, w, k, s, p, d):
+    rng = np.random.default_rng(0)
+    img = rand(rng, c, h, w)
+    g = geometry(h, w, k, s, p, d)
+    kh, kw, oh, ow = g[0], g[1], g[-2], g[-1]
+    col = np.full((c * kh * kw, oh * ow), np.nan, np.float32)  # every entry must be written
+    i2c.im2col(img, *g, col)
+    close(col, ref.im2col_reference(img, k, s, p, d), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("c,h,w,k,s,p,d", CONV_CASES)
+def test_col2im_is_adjoint_of_im2col(c, h, w, k, s, p, d):
+    rng = np.random.default_rng(1)
+    img = rand(rng, c, h, w)
+    g = geometry(h, w, k, s, p, d)
+    kh, kw, oh, ow = g[0], g[1], g[-2], g[-1]
+    col_y = rand(rng, c * kh * kw, oh * ow)
+    col_x = np.empty_like(col_y)
+    i2c.im2col(img, *g, col_x)
+    back = np.full((c, h, w), 7.0, np.float32)  # col2im must overwrite, not add
+    i2c.col2im(col_y, c, h, w, *g, back)
+    lhs = np.dot(col_x.ravel().astype(np.float64), col_y.ravel())
+    rhs = np.dot(img.ravel().astype(np.float64), back.ravel())
+    assert lhs == pytest.approx(rhs, rel=1e-5, abs=1e-4)
+
+
+# (N, C, H, W, M, kernel, stride, pad, dilation, group)
+GEMM_CASES = [
+    pytest.param(1, 2, 5, 5, 2, 3, 1, 1, 1, 1, id="tiny"),
+    pytest.param(2, 6, 9, 8, 4, 3, 2, 1, 1, 2, id="group2"),
+    pytest.param(1, 6, 8, 7, 6, 3, 1, 2, 2, 3, id="group3-dilated"),
+    pytest.param(2, 4, 7, 9, 4, (2, 3), (3, 1), (0, 1), 1, 4, id="depthwise"),
+]
+
+
+def _conv_by_gemm(x, wt, b, k, s, p, d, group):
+    n_img, c, h, w = x.shape
+    m = wt.shape[0]
+    g = geometry(h, w, k, s, p, d)
+    kh, kw, oh, ow = g[0], g[1], g[-2], g[-1]
+    rows = (c // group) * kh * kw
+    col = np.empty((c * kh * kw, oh * ow), np.float32)
+    y = np.empty((n_img, m, oh, ow), np.float32)
+    wmat = wt.reshape(group, m // group, rows)
+    for n in range(n_img):
+        i2c.im2col(x[n], *g, col)
+        for gi in range(group):
+            y[n, gi * (m // group):(gi + 1) * (m // group)] = (
+                wmat[gi] @ col[gi * rows:(gi + 1) * rows]).reshape(m // group, oh, ow)
+    return y + b.reshape(1, -1, 1, 1)
+
+
+def _deconv_by_gemm(x, wt, b, k, s, p, d, group):
+    n_img, c, h, w = x.shape
+    mpg = wt.shape[1]
+    m = mpg * group
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = map(pair, (k, s, p, d))
+    oh = sh * (h - 1) + dh * (kh - 1) + 1 - 2 * ph
+    ow = sw * (w - 1) + dw * (kw - 1) + 1 - 2 * pw
+    cpg = c // group
+    col = np.empty((m * kh * kw, h * w), np.float32)
+    y = np.empty((n_img, m, oh, ow), np.float32)
+    for n in range(n_img):
+        for gi in range(group):
+            wg = wt[gi * cpg:(gi + 1) * cpg].reshape(cpg, mpg * kh * kw)
+            col[gi * mpg * kh * kw:(gi + 1) * mpg * kh * kw] = (
+                wg.T @ x[n, gi * cpg:(gi + 1) * cpg].reshape(cpg, h * w))
+        i2c.col2im(col, m, oh, ow, kh, kw, ph, pw, sh, sw, dh, dw, h, w, y[n])
+    return y + b.reshape(1, -1, 1, 1)
+
+
+@pytest.mark.parametrize("n,c,h,w,m,k,s,p,d,group", GEMM_CASES)
+def test_convolution_by_im2col_gemm(n, c, h, w, m, k, s, p, d, group):
+    rng = np.random.default_rng(2)
+    kh, kw = pair(k)
+    x, wt, b = rand(rng, n, c, h, w), rand(rng, m, c // group, kh, kw), rand(rng, m)
+    close(_conv_by_gemm(x, wt, b, k, s, p, d, group),
+          ref.conv2d_reference(x, wt, b, s, p, d, group), atol=1e-5)
+
+
+@pytest.mark.parametrize("n,c,h,w,m,k,s,p,d,group", GEMM_CASES)
+def test_deconvolution_by_col2im(n, c, h, w, m, k, s, p, d, group):
+    rng = np.random.default_rng(3)
+    kh, kw = pair(k)
+    x, wt, b = rand(rng, n, c, h, w), rand(rng, c, m // group, kh, kw), rand(rng, m)
+    close(_deconv_by_gemm(x, wt, b, k, s, p, d, group),
+          ref.deconv2d_reference(x, wt, b, s, p, d, group), atol=1e-5)
+
+
+# ---------------------------------------------------------------- pooling
+
+# (N, C, H, W, kernel, stride, pad, ceil_mode)
+POOL_CASES = [
+    pytest.param(1, 2, 5, 5, 2, 2, 0, True, id="tiny"),
+    pytest.param(2, 3, 6, 7, 3, 2, 0, True, id="ceil-overhang"),
+    pytest.param(1, 2, 5, 5, 2, 2, 1, True, id="tiny-pad-last-window-dropped"),
+    pytest.param(2, 2, 7, 7, 3, 2, 1, True, id="pad"),
+    pytest.param(1, 3, 112, 112, 3, 2, 0, True, id="googlenet-pool1"),
+    pytest.param(1, 2, 13, 11, 3, 2, 0, False, id="floor"),
+    pytest.param(2, 2, 9, 10, 2, 4, 0, True, id="stride>kernel-empty-window"),
+    pytest.param(1, 2, 10, 9, (3, 2), (2, 3), (1, 1), True, id="asymmetric"),
+    pytest.param(2, 3, 7, 6, (7, 6), 1, 0, True, id="global"),
+]
+
+
+def _pool_geometry(h, w, k, s, p, ceil_mode):
+    (kh, kw), (sh, sw), (ph, pw) = map(pair, (k, s, p))
+    oh, ow = ref.pool_out(h, kh, sh, ph, ceil_mode), ref.pool_out(w, kw, sw, pw, ceil_mode)
+    return (kh, kw, sh, sw, ph, pw), oh, ow
+
+
+@pytest.mark.parametrize("n,c,h,w,k,s,p,ceil_mode", POOL_CASES)
+def test_max_pool_forward_and_backward(n, c, h, w, k, s, p, ceil_mode):
+    rng = np.random.default_rng(4)
+    # small integers make ties common: the first maximum in row-major order wins
+    x = rng.integers(-3, 4, (n, c, h, w)).astype(np.float32)
+    g, oh, ow = _pool_geometry(h, w, k, s, p, ceil_mode)
+    out = np.empty((n, c, oh, ow), np.float32)
+    arg = np.empty((n, c, oh, ow), np.int64)
+    pooling.max_pool_forward(x, *g, out, arg)
+    want, want_arg = ref.pool_reference(x, "max", k, s, p, ceil_mode, return_argmax=True)
+    close(out, want, rtol=0, atol=0)
+    np.testing.assert_array_equal(arg, want_arg)
+
+    top = rand(rng, n, c, oh, ow)
+    bottom = np.full((n, c, h, w), 5.0, np.float32)
+    pooling.max_pool_backward(top, arg, bottom)
+    expected = np.zeros((n, c, h * w))
+    for idx in np.ndindex(n, c, oh, ow):
+        if want_arg[idx] >= 0:
+            expected[idx[0], idx[1], want_arg[idx]] += top[idx]
+    close(bottom, expected.reshape(n, c, h, w))
+
+
+@pytest.mark.parametrize("n,c,h,w,k,s,p,ceil_mode", POOL_CASES)
+def test_ave_pool_forward_and_backward(n, c, h, w, k, s, p, ceil_mode):
+    rng = np.random.default_rng(5)
+    x = rand(rng, n, c, h, w)
+    g, oh, ow = _pool_geometry(h, w, k, s, p, ceil_mode)
+    out = np.empty((n, c, oh, ow), np.float32)
+    with np.errstate(invalid="ignore"):
+        pooling.ave_pool_forward(x, *g, out)
+    want = ref.pool_reference(x, "ave", k, s, p, ceil_mode)
+    close(out, want)
+
+    # the backward is the adjoint of the (linear) forward on finite outputs
+    top = np.where(np.isnan(want), 0.0, rand(rng, n, c, oh, ow)).astype(np.float32)
+    bottom = np.full((n, c, h, w), 5.0, np.float32)
+    pooling.ave_pool_backward(top, *g, bottom)
+    lhs = np.nansum(want * top)
+    assert np.sum(x.astype(np.float64) * bottom) == pytest.approx(lhs, rel=1e-5, abs=1e-5)
+
+
+def test_max_pool_of_nan_and_minus_inf_window_is_caffe_lowest():
+    x = np.array([[[[np.nan, -np.inf], [-np.inf, np.nan]]]], np.float32)
+    out = np.empty((1, 1, 1, 1), np.float32)
+    arg = np.empty((1, 1, 1, 1), np.int64)
+    pooling.max_pool_forward(x, 2, 2, 1, 1, 0, 0, out, arg)
+    assert out[0, 0, 0, 0] == -np.finfo(np.float32).max and arg[0, 0, 0, 0] == -1
+
+
+# ---------------------------------------------------------------- LRN
+
+
+@pytest.mark.parametrize("n,c,h,w,size", [
+    pytest.param(1, 4, 2, 3, 3, id="tiny"),
+    pytest.param(2, 7, 5, 4, 5, id="size5"),
+    pytest.param(1, 3, 3, 3, 5, id="size>C"),
+    pytest.param(2, 6, 2, 2, 1, id="size1"),
+    pytest.param(1, 9, 4, 5, 4, id="even-size"),
+])
+def test_lrn_across_forward_and_backward(n, c, h, w, size):
+    rng = np.random.default_rng(6)
+    x = rand(rng, n, c, h, w, scale=2.0)
+    alpha, beta, k = 0.7, 0.75, 2.0
+    out, scale = np.empty_like(x), np.empty_like(x)
+    lrn.lrn_across_forward(x, size, alpha, beta, k, out, scale)
+    close(out, ref.lrn_reference(x, size, alpha, beta, k, "across"))
+    close(out, x * scale ** -beta)
+
+    # directional derivative of <lrn(x), g> against central differences of the reference
+    g, v = rand(rng, n, c, h, w), rand(rng, n, c, h, w)
+    dx = np.empty_like(x)
+    lrn.lrn_across_backward(x, out, scale, g, size, alpha, beta, dx)
+    x64, eps = x.astype(np.float64), 1e-5
+
+    def loss(z):
+        return np.sum(ref.lrn_reference(z, size, alpha, beta, k, "across") * g)
+
+    numeric = (loss(x64 + eps * v) - loss(x64 - eps * v)) / (2 * eps)
+    assert np.sum(dx * v.astype(np.float64)) == pytest.approx(numeric, rel=1e-4, abs=1e-4)
+
+
+@pytest.mark.parametrize("n,c,h,w,size", [
+    pytest.param(1, 2, 4, 3, 3, id="tiny"),
+    pytest.param(2, 3, 6, 7, 5, id="size5"),
+    pytest.param(1, 2, 2, 3, 5, id="size>H"),
+    pytest.param(1, 1, 3, 3, 1, id="size1"),
+])
+def test_lrn_within_forward(n, c, h, w, size):
+    rng = np.random.default_rng(7)
+    x = rand(rng, n, c, h, w, scale=2.0)
+    out, scale = np.empty_like(x), np.empty_like(x)
+    lrn.lrn_within_forward(x, size, 0.9, 0.75, out, scale)
+    close(out, ref.lrn_reference(x, size, 0.9, 0.75, 123.0, "within"))  # k is ignored
+    # odd size: the border divisor is still size*size (padding counts as zeros)
+    xp = np.pad(x.astype(np.float64) ** 2, ((0, 0), (0, 0), ((size - 1) // 2,) * 2,
+                                             ((size - 1) // 2,) * 2))
+    window_sum = sum(xp[:, :, i:i + h, j:j + w] for i in range(size) for j in range(size))
+    close(scale, 1.0 + 0.9 * window_sum / (size * size))
+
+
+# ---------------------------------------------------------------- elementwise
+
+SPECIALS = np.array([0.0, -0.0, 1e-8, -1e-8, 30.0, -30.0, 100.0, -100.0, np.inf, -np.inf],
+                    np.float32)
+
+# (kernel, extra scalar args, reference kind, reference params, domain)
+NEURONS = [
+    (ew.relu, (0.0,), "ReLU", {}, "all"),
+    (ew.relu, (0.1,), "ReLU", {"negative_slope": 0.1}, "all"),
+    (ew.sigmoid, (), "Sigmoid", {}, "all"),
+    (ew.tanh, (), "TanH", {}, "all"),
+    (ew.elu, (0.5,), "ELU", {"alpha": 0.5}, "all"),
+    (ew.absval, (), "AbsVal", {}, "all"),
+    (ew.bnll, (), "BNLL", {}, "all"),
+    (ew.threshold, (0.25,), "Threshold", {"threshold": 0.25}, "all"),
+    (ew.clip, (-0.5, 0.75), "Clip", {"min": -0.5, "max": 0.75}, "all"),
+    (ew.swish, (1.5,), "Swish", {"beta": 1.5}, "finite"),
+    (ew.power, (2.0, 0.5, 1.0), "Power", {"power": 2.0, "scale": 0.5, "shift": 1.0}, "finite"),
+    (ew.power, (0.5, -1.0, 3.0), "Power", {"power": 0.5, "scale": -1.0, "shift": 3.0}, "finite"),
+    (ew.power, (1.0, 2.0, -1.0), "Power", {"power": 1.0, "scale": 2.0, "shift": -1.0}, "finite"),
+    (ew.power, (3.0, 0.0, 2.0), "Power", {"power": 3.0, "scale": 0.0, "shift": 2.0}, "finite"),
+    (ew.power, (0.0, 1.0, -2.0), "Power", {"power": 0.0, "scale": 1.0, "shift": -2.0}, "finite"),
+    (ew.exp_base, (1.0, 1.0, 0.0), "Exp", {}, "moderate"),
+    (ew.exp_base, (np.log(2.0), 0.5, 1.0), "Exp", {"base": 2.0, "scale": 0.5, "shift": 1.0},
+     "moderate"),
+    (ew.log_base, (1.0, 1.0, 0.0), "Log", {}, "positive"),
+    (ew.log_base, (1.0 / np.log(10.0), 2.0, 0.5), "Log",
+     {"base": 10.0, "scale": 2.0, "shift": 0.5}, "positive"),
+]
+
+
+def _neuron_input(rng, domain, tiny):
+    x = rand(rng, 7 if tiny else 1001, scale=3.0)
+    if domain == "all":
+        x = np.concatenate([x, SPECIALS])
+    elif domain == "finite":
+        x = np.concatenate([x, SPECIALS[:6]])
+    elif domain == "positive":
+        x = np.abs(x) + np.float32(0.01)
+    return np.ascontiguousarray(x)
+
+
+@pytest.mark.parametrize("in_place", [False, True], ids=["out", "inplace"])
+@pytest.mark.parametrize("size", ["tiny", "big"])
+@pytest.mark.parametrize("fn,args,kind,params,domain", NEURONS,
+                         ids=[f"{n[2]}{i}" for i, n in enumerate(NEURONS)])
+def test_neuron_kernels(fn, args, kind, params, domain, size, in_place):
+    rng = np.random.default_rng(8)
+    x = _neuron_input(rng, domain, size == "tiny")
+    want = ref.neuron_reference(kind, x, **params)
+    out = x.copy() if in_place else np.empty_like(x)
+    src = out if in_place else x
+    with np.errstate(all="ignore"):
+        fn(src, *args, out)
+    close(out, want, rtol=2e-6 if kind != "Exp" else 1e-5, atol=1e-6)
+
+
+def test_neuron_caffe_corner_cases():
+    x = np.array([np.nan, -np.inf, -2.0], np.float32)
+    out = np.empty_like(x)
+    with np.errstate(invalid="ignore"):
+        ew.relu(x, 0.0, out)  # Caffe: max(x, 0) + 0 * min(x, 0) is NaN at -inf
+    np.testing.assert_array_equal(out, [np.nan, np.nan, 0.0])
+    ew.clip(x, -1.0, 1.0, out)  # std::max(lo, std::min(x, hi)): NaN -> lo
+    np.testing.assert_array_equal(out, [-1.0, -1.0, -1.0])
+    with np.errstate(invalid="ignore"):
+        ew.power(x, 0.5, 1.0, 0.0, out)  # negative base, fractional power -> NaN
+    assert np.isnan(out[2])
+
+
+@pytest.mark.parametrize("size", ["tiny", "big"])
+def test_neuron_backward_kernels(size):
+    rng = np.random.default_rng(9)
+    n = 9 if size == "tiny" else 999
+    x, dy = rand(rng, n, scale=2.0), rand(rng, n)
+    x64 = x.astype(np.float64)
+    dx = np.empty_like(x)
+
+    ew.relu_backward(x, dy, 0.2, dx)
+    close(dx, dy * np.where(x64 > 0, 1.0, 0.2))
+    y = np.empty_like(x)
+    ew.sigmoid(x, y)
+    ew.sigmoid_backward(y, dy, dx)
+    s = ref.sigmoid_reference(x64)
+    close(dx, dy * s * (1 - s))
+    ew.tanh(x, y)
+    ew.tanh_backward(y, dy, dx)
+    close(dx, dy * (1 - np.tanh(x64) ** 2))
+    ew.elu(x, 0.7, y)
+    ew.elu_backward(x, y, dy, 0.7, dx)
+    close(dx, dy * np.where(x64 > 0, 1.0, 0.7 * np.exp(x64)))
+
+
+@pytest.mark.parametrize("shape", [pytest.param((1, 3, 4), id="tiny"), (3, 5, 37)])
+def test_prelu_forward_and_backward(shape):
+    rng = np.random.default_rng(10)
+    x, dy, slope = rand(rng, *shape), rand(rng, *shape), rand(rng, shape[1])
+    out = np.empty_like(x)
+    ew.prelu(x, slope, out)
+    close(out, ref.prelu_reference(x, slope))
+    inplace = x.copy()
+    ew.prelu(inplace, slope, inplace)
+    close(inplace, out)
+    dx = np.empty_like(x)
+    slope_diff = np.ones(shape[1], np.float32)  # parameter diffs accumulate
+    ew.prelu_backward(x, dy, slope, dx, slope_diff)
+    neg = x <= 0
+    close(dx, np.where(neg, slope[None, :, None] * dy, dy))
+    close(slope_diff, 1.0 + (dy * x * neg).astype(np.float64).sum(axis=(0, 2)), atol=1e-5)
+
+
+@pytest.mark.parametrize("n", [pytest.param(5, id="tiny"), 3001])
+def test_eltwise_k_inputs(n):
+    rng = np.random.default_rng(11)
+    xs = [rng.integers(-2, 3, n).astype(np.float32) for _ in range(4)]  # ties on purpose
+    coeff = [1.0, -0.5, 2.0, 0.25]
+    out = np.zeros(n, np.float32)
+    for x, c in zip(xs, coeff):
+        ew.eltwise_sum(out, x, c)
+    close(out, ref.eltwise_reference(xs, "SUM", coeff)[0])
+
+    out = xs[0].copy()
+    for x in xs[1:]:
+        ew.eltwise_prod(out, x)
+    close(out, ref.eltwise_reference(xs, "PROD")[0])
+
+    mask = np.empty(n, np.int64)
+    ew.eltwise_max_pair(xs[0], xs[1], out, mask)
+    for i, x in enumerate(xs[2:], start=2):
+        ew.eltwise_max(out, x, mask, i)
+    want, want_mask = ref.eltwise_reference(xs, "MAX")
+    close(out, want)
+    np.testing.assert_array_equal(mask, want_mask)
+    dy, dx = rand(rng, n), np.empty(n, np.float32)
+    ew.eltwise_max_backward(dy, mask, 2, dx)
+    close(dx, np.where(want_mask == 2, dy, 0.0))
+
+
+# ---------------------------------------------------------------- normalization, softmax
+
+
+@pytest.mark.parametrize("shape", [pytest.param((2, 3, 4), id="tiny"), (4, 16, 49)])
+def test_batchnorm_by_mean_var_and_affine(shape):
+    rng = np.random.default_rng(12)
+    x = rand(rng, *shape, scale=3.0) + np.float32(5.0)
+    mean, var = np.empty(shape[1], np.float32), np.empty(shape[1], np.float32)
+    normalization.channel_mean_var(x, mean, var)
+    x64 = x.astype(np.float64)
+    close(mean, x64.mean(axis=(0, 2)))
+    close(var, x64.var(axis=(0, 2)))
+
+    inv = (1.0 / np.sqrt(var.astype(np.float64) + 1e-5)).astype(np.float32)
+    out = np.empty_like(x)
+    normalization.channel_affine(x, inv, (-mean * inv).astype(np.float32), out)
+    close(out, ref.batchnorm_reference(x, eps=1e-5), atol=1e-5)
+    # inference with stored blobs scaled by the moving-average factor, in place
+    normalization.channel_affine(x, inv, (-mean * inv).astype(np.float32), x)
+    close(x, ref.batchnorm_reference(x64, mean * 4.0, var * 4.0, 1e-5, 4.0), atol=1e-5)
+
+
+@pytest.mark.parametrize("normalize_variance", [1, 0])
+@pytest.mark.parametrize("across", [False, True], ids=["per-channel", "across"])
+@pytest.mark.parametrize("shape", [pytest.param((2, 3, 2, 2), id="tiny"), (3, 4, 7, 9)])
+def test_mvn(shape, across, normalize_variance):
+    rng = np.random.default_rng(13)
+    x = rand(rng, *shape, scale=2.0) + np.float32(1.0)
+    x[0, 0] = 3.0  # a constant plane: divides by eps only, stays 0
+    rows = shape[0] if across else shape[0] * shape[1]
+    out = np.empty_like(x)
+    normalization.mvn_forward(x.reshape(rows, -1), normalize_variance, 1e-9,
+                              out.reshape(rows, -1))
+    want = ref.mvn_reference(x, bool(normalize_variance), across, 1e-9)
+    close(out, want, atol=1e-5)
+    normalization.mvn_forward(x.reshape(rows, -1), normalize_variance, 1e-9,
+                              x.reshape(rows, -1))  # in place
+    close(x, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [pytest.param((2, 3, 1), id="tiny"), (3, 1000, 1),
+                                   (2, 21, 1100), (1, 1, 5)])
+def test_softmax(shape):
+    rng = np.random.default_rng(14)
+    x = rand(rng, *shape, scale=5.0)
+    x[0, 0, 0] = 1000.0  # no overflow: the max is subtracted first
+    want = ref.softmax_reference(x, axis=1)
+    out = np.empty_like(x)
+    softmax.softmax(x, out)
+    close(out, want)
+    softmax.softmax(x, x)  # in place
+    close(x, want)
+
+
+# ---------------------------------------------------------------- package contract
+
+
+def _public_dispatchers(module):
+    return sorted(n for n, f in vars(module).items()
+                  if not n.startswith("_") and hasattr(f, "py_func"))
+
+
+@pytest.mark.skipif(JIT_DISABLED, reason="dispatchers exist only with the JIT on")
+def test_all_kernels_are_cached_njit_dispatchers():
+    from numba.core.caching import FunctionCache
+    from numba.core.registry import CPUDispatcher
+
+    from netdef.kernels import _jit
+
+    listed = {}
+    for module, name in kernels.ALL_KERNELS:
+        listed.setdefault(module, []).append(name)
+    assert len(set(kernels.ALL_KERNELS)) == len(kernels.ALL_KERNELS)
+    for module, names in listed.items():
+        mod = sys.modules[f"netdef.kernels.{module}"]
+        assert sorted(names) == _public_dispatchers(mod), module
+        for name in names:
+            disp = getattr(mod, name)
+            assert isinstance(disp, CPUDispatcher), name
+            assert isinstance(disp._cache, FunctionCache), f"{name} lacks cache=True"
+            assert disp.targetoptions["fastmath"] == set(_jit.FASTMATH), name
+            assert "prange" not in inspect.getsource(disp.py_func) or \
+                disp.targetoptions.get("parallel"), f"{name} uses prange without parallel"
+    kernel_files = {p.stem for p in (ROOT / "netdef" / "kernels").glob("*.py")
+                    if not p.stem.startswith("_")}
+    assert kernel_files == set(listed)
+
+
+def test_import_netdef_kernels_does_not_import_numba():
+    code = "import netdef.kernels, sys; print('numba' in sys.modules)"
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert res.stdout.strip() == "False"
+
+
+@pytest.mark.skipif(JIT_DISABLED, reason="already running without the JIT")
+def test_tiny_cases_pass_with_jit_disabled():
+    env = {**os.environ, "NUMBA_DISABLE_JIT": "1", "PYTHONPATH": str(ROOT)}
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                          str(pathlib.Path(__file__)), "-k", "tiny"],
+                         cwd=ROOT, capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+
+
+def test_warmup_compiles_every_kernel_once():
+    seen = []
+    names, seconds = kernels.warmup(progress=seen.append)
+    assert names == seen == [f"{m}.{n}" for m, n in kernels.ALL_KERNELS]
+    assert seconds >= 0.0
+    if not JIT_DISABLED:
+        # every call in this file used the documented types: one signature each
+        multi = {k: v for k, v in kernels.compiled_signatures().items() if len(v) != 1}
+        assert not multi
