@@ -12,7 +12,7 @@ adding a function to one of the two lists.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from netdef.compile.instantiate import Instance, instantiate
 from netdef.errors import GraphError, Location, NetdefError
@@ -28,6 +28,7 @@ class Finding:
     severity: str              # "error" or "warning"
     location: str              # file:line:col when known, else the file name
     message: str
+    line: int = field(default=0, compare=False, repr=False)   # for ordering only
 
     def __str__(self) -> str:
         return f"{self.location}: {self.severity}: {self.message}"
@@ -40,6 +41,7 @@ class _Context:
         self.source = source
         self.param: pb.NetParameter = source.param
         self.found: list[Finding] = []
+        self.stand_ins: set[str] = set()     # layers replaced after a wiring error
 
     def where(self, index: int | None = None, loc: Location | None = None) -> str:
         if loc is None and index is not None:
@@ -47,7 +49,10 @@ class _Context:
         return str(loc) if loc is not None else self.source.filename
 
     def add(self, severity: str, message: str, index=None, loc=None) -> None:
-        self.found.append(Finding(severity, self.where(index, loc), message))
+        if loc is None and index is not None:
+            loc = self.source.layer_location(index)
+        self.found.append(Finding(severity, self.where(loc=loc), message,
+                                  loc.line if isinstance(loc, Location) else 0))
 
 
 # -------------------------------------------------------- helpers ----
@@ -73,24 +78,13 @@ def _has_phase_rule(layer: pb.LayerParameter) -> bool:
 
 def is_deploy(param: pb.NetParameter) -> bool:
     """An Input layer, no data layer and no phase rules: a net only for inference."""
-    has_input = any(l.type == "Input" for l in param.layer)
-    return has_input and not any(_is_source(l) for l in param.layer) and \
-        not any(_has_phase_rule(l) for l in param.layer)
+    layers = param.layer
+    has_input = any(layer.type == "Input" for layer in layers)
+    return has_input and not any(_is_source(layer) for layer in layers) and \
+        not any(_has_phase_rule(layer) for layer in layers)
 
 
 # ------------------------------------------------------ net checks ----
-def check_duplicate_names(ctx: _Context) -> None:
-    first: dict[str, int] = {}
-    for i, layer in enumerate(ctx.param.layer):
-        if layer.name in first:
-            j = first[layer.name]
-            ctx.add(WARNING, f"layer name '{layer.name}' is used again (first at "
-                    f"{ctx.where(j)}); weights are matched by name, so only one of them "
-                    "can receive them", index=i)
-        else:
-            first[layer.name] = i
-
-
 def check_never_included(ctx: _Context) -> None:
     for i, layer in enumerate(ctx.param.layer):
         if _rule_uses_state_beyond_phase(layer) or (layer.include and layer.exclude):
@@ -102,7 +96,7 @@ def check_never_included(ctx: _Context) -> None:
 
 
 def check_data_phases(ctx: _Context) -> None:
-    if not any(_has_phase_rule(l) for l in ctx.param.layer):
+    if not any(_has_phase_rule(layer) for layer in ctx.param.layer):
         return
     for i, layer in enumerate(ctx.param.layer):
         if _is_source(layer) and not layer.include and not layer.exclude:
@@ -111,10 +105,22 @@ def check_data_phases(ctx: _Context) -> None:
                     "data", index=i)
 
 
-NET_CHECKS = [check_duplicate_names, check_never_included, check_data_phases]
+NET_CHECKS = [check_never_included, check_data_phases]
 
 
 # ---------------------------------------------------- phase checks ----
+def check_duplicate_names(ctx: _Context, inst: Instance) -> None:
+    first: dict[str, object] = {}
+    for node in inst.graph.nodes:
+        if node.name in first:
+            at = f" (first at {first[node.name]})" if first[node.name] else ""
+            ctx.add(WARNING, f"layer name '{node.name}' is used twice in one net{at}; weights "
+                    "are matched by name, so both layers would load the same ones",
+                    loc=node.where)
+        else:
+            first[node.name] = node.where
+
+
 def check_errors(ctx: _Context, inst: Instance) -> None:
     for err in inst.errors:
         msg = err.message + (f" ({err.hint})" if err.hint else "")
@@ -125,7 +131,7 @@ def check_unknown_shapes(ctx: _Context, inst: Instance) -> None:
     """One warning per layer where shape knowledge stops (not per blob after it)."""
     for step in _settled(inst):
         tops = [t for t in step.node.tops if t in inst.unknown]
-        if not tops:
+        if not tops or step.name in ctx.stand_ins:
             continue
         ctx.add(WARNING, f"the shape of {', '.join(repr(t) for t in tops)} could not be "
                 f"inferred: {inst.unknown[tops[0]]}", loc=step.node.where)
@@ -167,23 +173,31 @@ def check_unused_tops(ctx: _Context, inst: Instance) -> None:
     """A top nobody reads, when it is not the net's final output.
 
     Loss and Accuracy tops are meant to be left unread. Among the other
-    unread tops, the one written last is the net's output; every other one
-    is computed for nothing (or a consumer is missing).
+    unread tops, the deepest (longest chain of layers from an input) are
+    the net's outputs; every other one is computed for nothing, or its
+    consumer is missing. Layers that failed, and what follows them, are
+    left out: their problem is reported already.
     """
-    producer = {}
-    for k, step in enumerate(inst.steps):
-        for t in step.node.tops:
-            producer[t] = (k, step)
-    candidates = [t for t in inst.graph.outputs if t in producer
-                  and not producer[t][1].layer.is_loss and producer[t][1].node.type != "Accuracy"]
+    failed = {s.name for s in inst.steps} - {s.name for s in _settled(inst)}
+    producer, depth, tainted = {}, {}, set()
+    for step in inst.steps:
+        node = step.node
+        d = 1 + max((depth.get(b, 0) for b in node.bottoms), default=0)
+        bad = node.name in ctx.stand_ins or node.name in failed or \
+            any(b in tainted for b in node.bottoms)
+        for t in node.tops:
+            producer[t], depth[t] = step, d
+            (tainted.add if bad else tainted.discard)(t)
+    candidates = [t for t in inst.graph.outputs if t in producer and t not in tainted
+                  and not producer[t].layer.is_loss and producer[t].node.type != "Accuracy"]
     if len(candidates) < 2:
         return
-    last = max(producer[t][0] for t in candidates)
-    final = [t for t in candidates if producer[t][0] == last]
+    deepest = max(depth[t] for t in candidates)
+    final = [t for t in candidates if depth[t] == deepest]
     for t in candidates:
         if t in final:
             continue
-        step = producer[t][1]
+        step = producer[t]
         ctx.add(WARNING, f"top '{t}' of layer '{step.name}' ({step.node.type}) is never used "
                 f"(the net's output is {', '.join(repr(f) for f in final)})",
                 loc=step.node.where)
@@ -218,7 +232,7 @@ def _settled(inst: Instance) -> list:
             if not any(b in inst.unknown for b in s.node.bottoms) and s.node.where not in failed]
 
 
-PHASE_CHECKS = [check_errors, check_unknown_shapes, check_param_specs,
+PHASE_CHECKS = [check_duplicate_names, check_errors, check_unknown_shapes, check_param_specs,
                 check_global_stats_in_train, check_loss_in_deploy, check_unused_tops,
                 check_nothing_trains, check_graph_warnings]
 
@@ -256,24 +270,65 @@ def check(net, phase=None, input_shapes=None, level: int = 0, stages=()) -> list
         per_phase.append(ctx.found)
 
     findings = net_level + _merge_phases(phases, per_phase)
-    return sorted(findings, key=lambda f: f.severity != ERROR)
+    return sorted(findings, key=lambda f: (f.severity != ERROR, f.line))
 
 
 def _check_phase(ctx: _Context, phase: int, input_shapes, level, stages) -> None:
-    try:
-        graph = build_graph(ctx.source, phase, level, stages, splits=False)
-        inst = instantiate(graph, input_shapes, collect_errors=True)
-    except GraphError as err:
-        ctx.found.append(_finding_from(err, ctx.source.filename))
+    source = ctx.source
+    stand_ins: set[str] = set()
+    # build_graph stops at the first wiring error. To report them all, the
+    # offending layer is replaced by a shapeless stand-in (an Input with no
+    # shape: its tops become "unknown", so later layers are not blamed),
+    # or dropped if even the stand-in fails, and the graph is built again.
+    for _ in range(len(source.param.layer) + 1):
+        try:
+            graph = build_graph(source, phase, level, stages, splits=False)
+            break
+        except GraphError as err:
+            ctx.found.append(_finding_from(err, source.filename))
+            index = _layer_at(source, err.where)
+            if index is None:
+                return
+            source = _without(source, index, drop=source.param.layer[index].name in stand_ins)
+            stand_ins.add(source.param.layer[index].name)
+    else:
         return
+    inst = instantiate(graph, input_shapes, collect_errors=True)
+    ctx.stand_ins = stand_ins
     for fn in PHASE_CHECKS:
         fn(ctx, inst)
+
+
+def _layer_at(source, where) -> int | None:
+    if not isinstance(where, Location):
+        return None
+    for i, loc in enumerate(source.layer_locations):
+        if loc == where:
+            return i
+    return None
+
+
+def _without(source, index: int, drop: bool):
+    """A copy of ``source`` with layer ``index`` replaced by a stand-in (or emptied)."""
+    import dataclasses
+
+    param = pb.NetParameter()
+    param.CopyFrom(source.param)
+    old = param.layer[index]
+    stand_in = pb.LayerParameter(name=old.name, type="Input")
+    if not drop:
+        stand_in.top.extend(old.top)
+    else:                      # still there so locations stay parallel, but inert
+        stand_in.exclude.add(phase=pb.TRAIN)
+        stand_in.exclude.add(phase=pb.TEST)
+    param.layer[index].CopyFrom(stand_in)
+    return dataclasses.replace(source, param=param)
 
 
 def _merge_phases(phases: list[int], per_phase: list[list[Finding]]) -> list[Finding]:
     """Findings of all phases once each; tag those seen in only some phases."""
     seen: dict[Finding, list[int]] = {}
-    for ph, found in zip(phases, per_phase):
+    for ph, found in zip(phases, per_phase, strict=True):
         for f in found:
             seen.setdefault(f, [])
             if ph not in seen[f]:
@@ -282,14 +337,15 @@ def _merge_phases(phases: list[int], per_phase: list[list[Finding]]) -> list[Fin
     for f, where in seen.items():
         if len(phases) > 1 and len(where) < len(phases):
             names = "/".join(PHASE_NAMES[p] for p in where)
-            f = Finding(f.severity, f.location, f"{f.message} [{names} net]")
+            f = Finding(f.severity, f.location, f"{f.message} [{names} net]", f.line)
         out.append(f)
     return out
 
 
 def _finding_from(err: NetdefError, filename: str) -> Finding:
     msg = err.message + (f" ({err.hint})" if err.hint else "")
-    return Finding(ERROR, str(err.where) if err.where else filename, msg)
+    line = err.where.line if isinstance(err.where, Location) else 0
+    return Finding(ERROR, str(err.where) if err.where else filename, msg, line)
 
 
 def _name_of(net) -> str:

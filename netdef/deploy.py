@@ -20,9 +20,10 @@ from google.protobuf.descriptor import FieldDescriptor
 
 from netdef.compile.instantiate import Instance
 from netdef.errors import GraphError, InputError
-from netdef.graph import Node
+from netdef.graph import Node, build_graph
+from netdef.layers.base import layer_class
 from netdef.schema import pb
-from netdef.summary import analyze
+from netdef.summary import analyze, load_source
 
 # Loss type -> the layer type that gives its probabilities, and the
 # parameter message the two share.
@@ -33,11 +34,18 @@ PROBABILITY = {
 # Layers that only evaluate (need labels), removed like losses.
 EVALUATION_TYPES = {"Accuracy"}
 # LayerParameter fields meaningless in a deploy net.
-TRAINING_FIELDS = ("include", "exclude", "phase", "param", "propagate_down")
+TRAINING_FIELDS = ("include", "exclude", "phase", "param", "propagate_down", "loss_weight")
 
 
 def _is_data(node: Node) -> bool:
     return not node.bottoms and node.type != "Input"
+
+
+def _is_loss_type(type_name: str) -> bool:
+    try:
+        return layer_class(type_name).is_loss
+    except GraphError:
+        return False
 
 
 def _loss_weight(node: Node) -> float:
@@ -51,20 +59,18 @@ def _strip_fillers(message) -> None:
             continue
         if fd.message_type.name == "FillerParameter":
             message.ClearField(fd.name)
-        elif fd.label == FieldDescriptor.LABEL_REPEATED:
+        elif fd.is_repeated:
             for item in value:
                 _strip_fillers(item)
         else:
             _strip_fillers(value)
 
 
-def _clean(layer: pb.LayerParameter, is_loss: bool) -> pb.LayerParameter:
+def _clean(layer: pb.LayerParameter) -> pb.LayerParameter:
     out = pb.LayerParameter()
     out.CopyFrom(layer)
     for name in TRAINING_FIELDS:
         out.ClearField(name)
-    if not is_loss:
-        out.ClearField("loss_weight")
     _strip_fillers(out)
     return out
 
@@ -80,8 +86,9 @@ def _unique(name: str, taken: set[str]) -> str:
 class _Deriver:
     """One derivation; holds the TEST instance and the decisions taken."""
 
-    def __init__(self, inst: Instance):
+    def __init__(self, inst: Instance, train_nodes: list[Node]):
         self.inst = inst
+        self.train_nodes = train_nodes
         self.nodes = inst.graph.nodes
         self.is_loss = {s.name: s.layer.is_loss for s in inst.steps}
         self.taken = {n.name for n in self.nodes} | {t for n in self.nodes for t in n.tops}
@@ -107,6 +114,12 @@ class _Deriver:
 
     def main_losses(self) -> list[Node]:
         losses = [n for n in self.nodes if self.is_loss.get(n.name)]
+        if not losses:
+            # Some nets (SqueezeNet) compute their loss in TRAIN only; its
+            # type still says which probability layer the deploy net wants.
+            tops = {t for n in self.nodes for t in n.tops}
+            losses = [n for n in self.train_nodes
+                      if _is_loss_type(n.type) and n.bottoms and n.bottoms[0] in tops]
         if not losses:
             return []
         best = max(_loss_weight(n) for n in losses)
@@ -143,6 +156,7 @@ class _Deriver:
         producers = {t for n in self.nodes if n.name not in removed for t in n.tops}
         wanted |= {t for t in self.inst.graph.outputs if t in producers}
         kept = self._reachable([n for n in self.nodes if n.name not in removed], wanted)
+        self._raise_errors_of(kept)
         for node in kept:
             bad = [b for b in node.bottoms if b in labels]
             if bad:
@@ -153,11 +167,19 @@ class _Deriver:
         if data:
             net.layer.append(self.input_layer(data, input_shapes, batch))
         for node in kept:
-            net.layer.append(_clean(node.param, False))
+            net.layer.append(_clean(node.param))
         for loss in main:
             if probs[loss.name] is not None:
                 net.layer.append(probs[loss.name])
         return net
+
+    def _raise_errors_of(self, kept: list[Node]) -> None:
+        """Shape errors matter only in layers the deploy net keeps (a loss
+        may disagree with a user-given input shape; it is dropped anyway)."""
+        where = {n.where for n in kept if n.where is not None}
+        for err in self.inst.errors:
+            if err.where in where:
+                raise err
 
     @staticmethod
     def _reachable(nodes: list[Node], wanted: set[str]) -> list[Node]:
@@ -179,5 +201,10 @@ def make_deploy(train_val_source, input_shapes=None, batch: int | None = None) -
     if batch is not None and batch < 1:
         raise InputError(f"batch must be at least 1, got {batch}")
     input_shapes = {k: tuple(v) for k, v in (input_shapes or {}).items()}
-    inst = analyze(train_val_source, "TEST", input_shapes)
-    return _Deriver(inst).derive(input_shapes, batch, inst.graph.name)
+    source = load_source(train_val_source)
+    inst = analyze(source, "TEST", input_shapes, collect_errors=True)
+    try:
+        train_nodes = build_graph(source, "TRAIN", splits=False).nodes
+    except GraphError:
+        train_nodes = []        # only consulted when the TEST net has no loss
+    return _Deriver(inst, train_nodes).derive(input_shapes, batch, inst.graph.name)

@@ -32,13 +32,16 @@ from netdef.summary import LayerSummary, NetSummary, human_count, summarize
 # Fill colour per layer family (Layer.kind). Unknown kinds use "other".
 STYLES: dict[str, str] = {
     "data": "#C8E6C9",         # sources: Input, Data, HDF5Data ...
-    "conv": "#FFCC80",         # Convolution, Deconvolution
+    "conv": "#FFCC80",         # Convolution, Deconvolution, Im2col
     "pool": "#B3E5FC",
     "dense": "#FFE082",        # InnerProduct, Embed
-    "neuron": "#FFF9C4",       # elementwise activations
-    "norm": "#E1BEE7",         # LRN, BatchNorm, Scale, MVN ...
-    "structure": "#CFD8DC",    # Concat, Eltwise, Slice, Reshape, Flatten ...
-    "loss": "#F8BBD0",
+    "activation": "#FFF9C4",   # ReLU, Sigmoid, Dropout ...
+    "norm": "#E1BEE7",         # LRN, BatchNorm, Scale, MVN
+    "structure": "#CFD8DC",    # Concat, Slice, Reshape, Flatten ...
+    "elementwise": "#B2DFDB",  # Eltwise, Reduction
+    "softmax": "#F0F4C3",
+    "output": "#F0F4C3",       # ArgMax
+    "loss": "#F8BBD0",         # losses, Accuracy
     "other": "#EEEEEE",
 }
 FONT = "Helvetica"
@@ -162,22 +165,22 @@ LABELS = {
     "Pooling": _pool,
     "LRN": _lrn,
     "InnerProduct": _inner_product,
-    "Dropout": lambda l: [f"ratio {l.dropout_param.dropout_ratio:g}"],
+    "Dropout": lambda p: [f"ratio {p.dropout_param.dropout_ratio:g}"],
     "Eltwise": _eltwise,
-    "Concat": lambda l: _axis(l.concat_param.axis),
-    "Softmax": lambda l: _axis(l.softmax_param.axis),
-    "Flatten": lambda l: _axis(l.flatten_param.axis),
-    "Slice": lambda l: _axis(l.slice_param.axis) + (
-        ["at " + ",".join(map(str, l.slice_param.slice_point))]
-        if l.slice_param.slice_point else []),
-    "Reshape": lambda l: ["to " + _shape_dims(l.reshape_param.shape)],
-    "Scale": lambda l: ["+ bias"] if l.scale_param.bias_term else [],
+    "Concat": lambda p: _axis(p.concat_param.axis),
+    "Softmax": lambda p: _axis(p.softmax_param.axis),
+    "Flatten": lambda p: _axis(p.flatten_param.axis),
+    "Slice": lambda p: _axis(p.slice_param.axis) + (
+        ["at " + ",".join(map(str, p.slice_param.slice_point))]
+        if p.slice_param.slice_point else []),
+    "Reshape": lambda p: ["to " + _shape_dims(p.reshape_param.shape)],
+    "Scale": lambda p: ["+ bias"] if p.scale_param.bias_term else [],
     "BatchNorm": _batch_norm,
-    "Power": lambda l: [f"({l.power_param.shift:g} + {l.power_param.scale:g}x)"
-                        f"^{l.power_param.power:g}"],
-    "ReLU": lambda l: ([f"slope {l.relu_param.negative_slope:g}"]
-                       if l.relu_param.negative_slope else []),
-    "Input": lambda l: [", ".join(_shape_dims(s) for s in l.input_param.shape)],
+    "Power": lambda p: [f"({p.power_param.shift:g} + {p.power_param.scale:g}x)"
+                        f"^{p.power_param.power:g}"],
+    "ReLU": lambda p: ([f"slope {p.relu_param.negative_slope:g}"]
+                       if p.relu_param.negative_slope else []),
+    "Input": lambda p: [", ".join(_shape_dims(s) for s in p.input_param.shape)],
     "Data": _data, "ImageData": _data, "HDF5Data": _data, "WindowData": _data,
     "Python": _python,
 }
@@ -215,15 +218,28 @@ class Edge:
     label_blob: bool       # show the blob name (it differs from its producer's name)
 
 
-def merge_boxes(summary: NetSummary) -> tuple[list[Box], list[Edge], list[str]]:
-    """Boxes (in-place chains merged), blob edges, and ids of net-output ovals.
+@dataclass
+class Layout:
+    boxes: list[Box]
+    edges: list[Edge]
+    ovals: list[tuple[str, str, bool]]    # (id, blob name, is a label reference)
+
+
+def _is_label_edge(src: Box, dst: LayerSummary) -> bool:
+    # Labels run from the data layer at the top to the losses at the bottom;
+    # drawn as such they cross the whole picture. A short reference oval next
+    # to each loss reads better.
+    return src.layers[0].kind == "data" and dst.kind == "loss"
+
+
+def merge_boxes(summary: NetSummary) -> Layout:
+    """Boxes (in-place chains merged), blob edges, and ovals for outputs and labels.
 
     An in-place layer joins the box that produced its blob only while no
     other layer has read that blob yet: a layer that read the value before
     the in-place change must visibly read it from the earlier box.
     """
-    boxes: list[Box] = []
-    edges: list[Edge] = []
+    out = Layout([], [], [])
     current: dict[str, tuple[Box, tuple | None]] = {}   # blob -> producer box, shape
     unread: dict[str, bool] = {}
     for layer in summary.layers:
@@ -234,23 +250,26 @@ def merge_boxes(summary: NetSummary) -> tuple[list[Box], list[Edge], list[str]]:
             box.layers.append(layer)
             current[b] = (box, layer.top_shapes[0])
             continue
-        box = Box(f"n{len(boxes)}", [layer])
-        boxes.append(box)
+        box = Box(f"n{len(out.boxes)}", [layer])
+        out.boxes.append(box)
         for blob in dict.fromkeys(layer.bottoms):
             src, shape = current[blob]
-            edges.append(Edge(src.id, box.id, blob, shape, blob != src.name))
             unread[blob] = False
-        for top, shape in zip(layer.tops, layer.top_shapes):
+            if _is_label_edge(src, layer):
+                ref = f"ref{len(out.ovals)}"
+                out.ovals.append((ref, blob, True))
+                out.edges.append(Edge(ref, box.id, blob, shape, False))
+            else:
+                out.edges.append(Edge(src.id, box.id, blob, shape, blob != src.name))
+        for top, shape in zip(layer.tops, layer.top_shapes, strict=True):
             current[top] = (box, shape)
             unread[top] = True
-    outputs = []
     for i, blob in enumerate(summary.outputs):
         if blob in current:
             src, shape = current[blob]
-            oid = f"out{i}"
-            outputs.append((oid, blob))
-            edges.append(Edge(src.id, oid, blob, shape, False))
-    return boxes, edges, outputs
+            out.ovals.append((f"out{i}", blob, False))
+            out.edges.append(Edge(src.id, f"out{i}", blob, shape, False))
+    return out
 
 
 # ------------------------------------------------------------ clusters ----
@@ -303,18 +322,14 @@ def _esc(text: str) -> str:
     return html.escape(str(text), quote=True)
 
 
-def _shape_text(shape: tuple | None) -> str:
-    return "?" if shape is None else "×".join(str(d) for d in shape)
-
-
-def _layer_rows(layer: LayerSummary, display_lr: bool) -> list[str]:
-    color = style_for(layer.kind)
-    title = (f'<B>{_esc(layer.name)}</B>  <FONT POINT-SIZE="9" COLOR="#37474F">'
-             f'{_esc(layer.type)}</FONT>')
-    lines = [l for l in LABELS.get(layer.type, lambda _: [])(layer.param) if l]
+def _details(layer: LayerSummary, display_lr: bool) -> list[str]:
+    """Key parameters, then counts, then (optionally) learning-rate multipliers."""
+    lines = [text for text in LABELS.get(layer.type, lambda _: [])(layer.param) if text]
     stats = []
-    if layer.params or layer.stored:
-        stats.append(f"{human_count(layer.params or layer.stored)} params")
+    if layer.params:
+        stats.append(f"{human_count(layer.params)} params")
+    elif layer.stored:
+        stats.append(f"{human_count(layer.stored)} stored")   # e.g. BatchNorm statistics
     if layer.macs:
         stats.append(f"{human_count(layer.macs)} MACs")
     if stats:
@@ -323,20 +338,46 @@ def _layer_rows(layer: LayerSummary, display_lr: bool) -> list[str]:
         lr = _lr_text(layer)
         if lr:
             lines.append(lr)
-    rows = [f'<TR><TD BGCOLOR="{color}" ALIGN="CENTER">{title}</TD></TR>']
-    rows += [f'<TR><TD BGCOLOR="{color}"><FONT POINT-SIZE="9">{_esc(l)}</FONT></TD></TR>'
-             for l in lines]
-    return rows
+    return lines
 
 
-def _box_label(box: Box, display_lr: bool) -> str:
-    rows: list[str] = []
-    for i, layer in enumerate(box.layers):
-        if i:
-            rows.append('<HR/>')
-        rows += _layer_rows(layer, display_lr)
+def _shown_name(name: str, prefix: str) -> str:
+    """Inside cluster 'inception_3a', 'inception_3a/1x1' reads as '1x1'."""
+    return name[len(prefix) + 1:] if prefix and name.startswith(prefix + "/") else name
+
+
+def _title(layer: LayerSummary, prefix: str) -> str:
+    return (f'<B>{_esc(_shown_name(layer.name, prefix))}</B>  '
+            f'<FONT POINT-SIZE="9" COLOR="#37474F">{_esc(layer.type)}</FONT>')
+
+
+def _cell(text: str, color: str, small: bool = False) -> str:
+    if small:
+        text = f'<FONT POINT-SIZE="9">{text}</FONT>'
+    return f'<TR><TD BGCOLOR="{color}">{text}</TD></TR>'
+
+
+def _box_label(box: Box, display_lr: bool, prefix: str = "") -> str:
+    """The first layer gets a title row and a row per detail; layers stacked
+    in place under it get one compact row each, so a conv+BN+Scale+ReLU
+    block stays short."""
+    head, rows = box.layers[0], []
+    color = style_for(head.kind)
+    rows.append(_cell(_title(head, prefix), color))
+    rows += [_cell(_esc(text), color, small=True) for text in _details(head, display_lr)]
+    for layer in box.layers[1:]:
+        details = " · ".join(_details(layer, display_lr))
+        text = _title(layer, prefix) + (
+            f'  <FONT POINT-SIZE="9">{_esc(details)}</FONT>' if details else "")
+        rows += ["<HR/>", _cell(text, style_for(layer.kind))]
     return ('<<TABLE BORDER="1" CELLBORDER="0" CELLSPACING="0" CELLPADDING="3" '
-            f'STYLE="ROUNDED" COLOR="{BORDER}">' + "".join(rows) + "</TABLE>>")
+            f'COLOR="{BORDER}">' + "".join(rows) + "</TABLE>>")
+
+
+def _shape_text(shape: tuple | None) -> str:
+    if shape is None:
+        return "?"
+    return "×".join(str(d) for d in shape) if shape else "scalar"
 
 
 def _edge_line(edge: Edge) -> str:
@@ -349,19 +390,21 @@ def _quote(text: str) -> str:
     return text.replace('"', '\\"')
 
 
-def _emit_cluster(cluster: _Cluster, display_lr: bool, out: list[str], depth: int) -> None:
+def _emit_cluster(cluster: _Cluster, display_lr: bool, out: list[str], depth: int,
+                  prefix: str = "") -> None:
     pad = "  " * depth
     for box in cluster.boxes:
-        out.append(f"{pad}{box.id} [label={_box_label(box, display_lr)}];")
+        out.append(f"{pad}{box.id} [label={_box_label(box, display_lr, prefix)}, "
+                   f'tooltip="{_quote(" + ".join(x.name for x in box.layers))}"];')
     for child in cluster.children.values():
         if child.size() < 2:          # a single box is not a module
-            _emit_cluster(child, display_lr, out, depth)
+            _emit_cluster(child, display_lr, out, depth, prefix)
             continue
         cid = re.sub(r"\W", "_", child.key)
         out.append(f'{pad}subgraph "cluster_{cid}" {{')
-        out.append(f'{pad}  label="{_quote(child.key)}"; style="rounded,dashed"; '
-                   f'color="#90A4AE"; fontcolor="#455A64";')
-        _emit_cluster(child, display_lr, out, depth + 1)
+        out.append(f'{pad}  label=<<B>{_esc(child.key)}</B>>; style="rounded,dashed"; '
+                   'color="#90A4AE"; fontcolor="#455A64"; fontsize=13;')
+        _emit_cluster(child, display_lr, out, depth + 1, child.key)
         out.append(f"{pad}}}")
 
 
@@ -369,7 +412,7 @@ def summary_to_dot(summary: NetSummary, rankdir: str = "TB", display_lr: bool = 
     """DOT text for an existing NetSummary."""
     if rankdir not in ("TB", "LR", "BT", "RL"):
         raise NetdefError(f"unknown rankdir {rankdir!r}: expected TB, LR, BT or RL")
-    boxes, edges, outputs = merge_boxes(summary)
+    layout = merge_boxes(summary)
     title = f"{summary.name or '(unnamed)'} — {summary.phase}"
     out = [
         "digraph netdef {",
@@ -379,11 +422,12 @@ def summary_to_dot(summary: NetSummary, rankdir: str = "TB", display_lr: bool = 
         f'  edge [fontname="{FONT}", fontsize=9, color="#607D8B", fontcolor="#37474F", '
         'arrowsize=0.6];',
     ]
-    _emit_cluster(_cluster_tree(boxes), display_lr, out, 1)
-    for oid, blob in outputs:
-        out.append(f'  {oid} [label="{_quote(blob)}", shape=oval, style=filled, '
-                   f'fillcolor="#ECEFF1", color="{BORDER}"];')
-    out += [_edge_line(e) for e in edges]
+    _emit_cluster(_cluster_tree(layout.boxes), display_lr, out, 1)
+    for oid, blob, is_ref in layout.ovals:
+        style = ('style=dashed, fontsize=9, color="#90A4AE"' if is_ref else
+                 f'style=filled, fillcolor="#ECEFF1", color="{BORDER}"')
+        out.append(f'  {oid} [label="{_quote(blob)}", shape=oval, {style}];')
+    out += [_edge_line(e) for e in layout.edges]
     out.append("}")
     return "\n".join(out) + "\n"
 

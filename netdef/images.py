@@ -65,8 +65,11 @@ def load_image(path, color: bool = True) -> np.ndarray:
         raise InputError("image file not found", where=where) from None
     except UnidentifiedImageError:
         raise InputError("not an image file Pillow can read", where=where) from None
-    except (OSError, ValueError, SyntaxError) as e:  # truncated or corrupt files
-        raise InputError(f"cannot read image: {e}", where=where) from None
+    except Image.DecompressionBombError as e:
+        raise InputError(f"image refused: {e}", where=where) from None
+    except (OSError, ValueError, SyntaxError) as e:  # unreadable, truncated or corrupt
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else e
+        raise InputError(f"cannot read image: {reason}", where=where) from None
     arr = _pixels(img)
     if arr.ndim == 2:
         arr = arr[:, :, None]
@@ -90,8 +93,11 @@ def _pixels(img) -> np.ndarray:
         return np.asarray(img, dtype=np.float64)
     if mode in ("L", "LA", "La"):
         return np.asarray(img.convert("L"), dtype=np.float64) / 255.0
-    if mode != "RGB":
-        img = img.convert("RGB")  # P, PA, RGBA, RGBX, CMYK, YCbCr, ...: alpha is dropped
+    if mode in ("P", "PA"):
+        # Via RGBA, as skimage reads palettes; P -> RGB directly warns about transparency.
+        img = img.convert("RGBA")
+    if img.mode != "RGB":
+        img = img.convert("RGB")  # RGBA, RGBX, CMYK, YCbCr, ...: alpha is dropped, not composited
     return np.asarray(img, dtype=np.float64) / 255.0
 
 

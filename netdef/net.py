@@ -115,7 +115,7 @@ class Net:
         file_layers = read_caffemodel(path)
         net_layers = [(s.name, s.layer.type, [b.shape for b in s.layer.blobs])
                       for s in self._inst.steps if s.layer.blobs]
-        report = match_weights(net_layers, file_layers, strict=strict)
+        report = match_weights(net_layers, file_layers, strict=strict, source=str(path))
         params = self._inst.params()
         for name, arrays in report.arrays.items():
             for blob, arr in zip(params[name], arrays):
@@ -147,7 +147,8 @@ class Net:
                 if id(blob) in seen:
                     continue               # a shared parameter is filled once
                 seen.add(id(blob))
-                blob.data = fill(blob.shape, filler, rng)
+                blob.data = fill(blob.shape, filler, rng,
+                                 where=f"layer '{layer.name}' ({layer.type})")
 
     def _set_python_layer_paths(self) -> None:
         import pathlib

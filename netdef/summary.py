@@ -124,7 +124,7 @@ def summarize_instance(inst: Instance) -> NetSummary:
     # Distinct parameter blobs: a blob shared by name is counted once.
     seen: dict[int, tuple[int, bool]] = {}
     for step in inst.steps:
-        for blob, learnable in zip(step.layer.blobs, step.layer.learnable):
+        for blob, learnable in zip(step.layer.blobs, step.layer.learnable, strict=True):
             seen.setdefault(id(blob), (blob.count, learnable))
     total_params = sum(n for n, learnable in seen.values() if learnable)
     total_stored = sum(n for n, _ in seen.values())
@@ -142,10 +142,10 @@ def summarize_instance(inst: Instance) -> NetSummary:
 def _layer_summary(inst: Instance, step) -> LayerSummary:
     layer, node = step.layer, step.node
     top_shapes = [None if t in inst.unknown else blob.shape
-                  for t, blob in zip(node.tops, step.tops)]
+                  for t, blob in zip(node.tops, step.tops, strict=True)]
     known = all(b not in inst.unknown for b in node.bottoms) and None not in top_shapes
     shared = [i for i in range(len(layer.blobs)) if (node.name, i) in inst.shared]
-    own = [(b, ok) for i, (b, ok) in enumerate(zip(layer.blobs, layer.learnable))
+    own = [(b, ok) for i, (b, ok) in enumerate(zip(layer.blobs, layer.learnable, strict=True))
            if i not in shared]
     return LayerSummary(
         name=node.name, type=node.type, kind=layer.kind,
@@ -212,7 +212,10 @@ def _rows(summary: NetSummary) -> list[tuple[str, ...]]:
     """One row per top; a layer's 2nd.. tops get continuation rows."""
     rows = []
     for layer in summary.layers:
-        wiring = f"{', '.join(layer.bottoms) or '-'} -> {', '.join(layer.tops) or '-'}"
+        if layer.in_place and layer.bottoms == layer.tops:
+            wiring = f"{', '.join(layer.tops)} (in place)"
+        else:
+            wiring = f"{', '.join(layer.bottoms) or '-'} -> {', '.join(layer.tops) or '-'}"
         macs = "?" if layer.macs is None else (human_count(layer.macs) if layer.macs else "0")
         shapes = [shape_str(s) for s in layer.top_shapes] or [""]
         rows.append((f"{layer.name} ({layer.type})", wiring, shapes[0],
@@ -254,7 +257,7 @@ def format_table(summary: NetSummary, width: int | None = None) -> str:
     right = (False, False, False, True, True)
 
     def line(cells):
-        return "  ".join(_cell(c, w, r) for c, w, r in zip(cells, widths, right)).rstrip()
+        return "  ".join(_cell(c, w, r) for c, w, r in zip(cells, widths, right, strict=True)).rstrip()
 
     total_width = sum(widths) + 2 * (len(widths) - 1)
     title = f'Net "{summary.name or "(unnamed)"}"  phase {summary.phase}'

@@ -56,14 +56,14 @@ def _blobs(layer: Layer, bottom_shapes, top_count, in_place):
     state = _WIRING.get(layer)
     if state is not None and len(state[0]) == len(shapes):
         bottoms, tops = state
-        for blob, shape in zip(bottoms, shapes):
+        for blob, shape in zip(bottoms, shapes, strict=True):
             blob.reshape(shape)
         layer.remember_bottoms(bottoms)
         layer.reshape(bottoms, tops)
         return bottoms, tops
     names = list(layer.param.bottom) or [f"bottom{i}" for i in range(len(shapes))]
     names += [f"bottom{i}" for i in range(len(names), len(shapes))]
-    bottoms = [Blob(s, name=n) for s, n in zip(shapes, names)]
+    bottoms = [Blob(s, name=n) for s, n in zip(shapes, names, strict=False)]
     if top_count is None:
         top_count = len(layer.param.top) or _min_tops(layer)
     top_names = list(layer.param.top) + [f"top{i}" for i in range(len(layer.param.top), top_count)]
@@ -94,7 +94,7 @@ def run_layer(layer: Layer, bottom_arrays, top_count: int | None = None,
     """Forward float32 copies of ``bottom_arrays``; return copies of the tops."""
     arrays = [np.array(a, dtype=np.float32, order="C", copy=True) for a in bottom_arrays]
     bottoms, tops = _blobs(layer, [a.shape for a in arrays], top_count, in_place)
-    for blob, arr in zip(bottoms, arrays):
+    for blob, arr in zip(bottoms, arrays, strict=True):
         blob.data = arr
     layer.forward(bottoms, tops)
     return [t.data.copy() for t in tops]

@@ -136,7 +136,7 @@ def test_write_then_read_caffemodel(tmp_path):
                                                      ("fc1", "InnerProduct")]
     for lb in layers:
         assert lb.legacy == (False, False)
-        for got, want in zip(lb.blobs, weights[lb.name]):
+        for got, want in zip(lb.blobs, weights[lb.name], strict=True):
             assert got.dtype == np.float32
             np.testing.assert_array_equal(got, want)
 
@@ -197,7 +197,7 @@ def test_v1_type_table_covers_every_enum_value():
 
     table = _v1_type_names()
     enum = pb.V1LayerParameter.DESCRIPTOR.enum_types_by_name["LayerType"]
-    assert {v.number for v in enum.values} <= set(table)
+    assert {v.number for v in enum.values if v.name != "NONE"} <= set(table)
     v1 = pb.V1LayerParameter
     assert table[v1.RELU] == "ReLU" and table[v1.SOFTMAX_LOSS] == "SoftmaxWithLoss"
     assert table[v1.HDF5_DATA] == "HDF5Data" and table[v1.INNER_PRODUCT] == "InnerProduct"
@@ -212,7 +212,7 @@ def test_read_v0_layer_nested_in_v1(tmp_path):
     path = tmp_path / "v0.caffemodel"
     path.write_bytes(net.SerializeToString())
     (lb,) = read_caffemodel(path)
-    assert (lb.name, lb.type, lb.blobs[0].shape) == ("conv1", "conv", (2, 1, 3, 3))
+    assert (lb.name, lb.type, lb.blobs[0].shape) == ("conv1", "Convolution", (2, 1, 3, 3))
 
 
 def test_read_caffemodel_bad_files(tmp_path):
@@ -456,7 +456,7 @@ def assert_same_dict(got, want):
     assert list(got) == list(want)
     for name in want:
         assert len(got[name]) == len(want[name])
-        for g, w in zip(got[name], want[name]):
+        for g, w in zip(got[name], want[name], strict=True):
             assert g.dtype == np.float32
             np.testing.assert_array_equal(g, w)
 
@@ -505,6 +505,27 @@ def test_restricted_unpickler_reads_python2_numpy1_pickle(tmp_path):
     path = tmp_path / "py2.npy"
     write_npy_with_pickle(path, payload)
     assert_same_dict(load_pickled_weight_dict(path), {"conv1": [w, b]})
+
+
+# np.save(buf, {'fc': [arange(4).reshape(2, 2), full(2, 0.5)]}, allow_pickle=True)
+# made by NumPy 1.26.4 (pickle protocol 3, ``numpy.core.multiarray`` names).
+NUMPY1_NPY = (
+    "k05VTVBZAQB2AHsnZGVzY3InOiAnfE8nLCAnZm9ydHJhbl9vcmRlcic6IEZhbHNlLCAnc2hhcGUnOiAoKSwgfSAgICAg"
+    "ICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgIAqAA2NudW1weS5j"
+    "b3JlLm11bHRpYXJyYXkKX3JlY29uc3RydWN0CnEAY251bXB5Cm5kYXJyYXkKcQFLAIVxAkMBYnEDh3EEUnEFKEsBKWNu"
+    "dW1weQpkdHlwZQpxBlgCAAAATzhxB4mIh3EIUnEJKEsDWAEAAAB8cQpOTk5K/////0r/////Sz90cQtiiV1xDH1xDVgC"
+    "AAAAZmNxDl1xDyhoAGgBSwCFcRBoA4dxEVJxEihLAUsCSwKGcRNoBlgCAAAAZjRxFImIh3EVUnEWKEsDWAEAAAA8cRdO"
+    "Tk5K/////0r/////SwB0cRhiiUMQAAAAAAAAgD8AAABAAABAQHEZdHEaYmgAaAFLAIVxG2gDh3EcUnEdKEsBSwKFcR5o"
+    "FolDCAAAAD8AAAA/cR90cSBiZXNhdHEhYi4=")
+
+
+def test_restricted_unpickler_reads_numpy1_file(tmp_path):
+    import base64
+
+    path = tmp_path / "numpy1.npy"
+    path.write_bytes(base64.b64decode(NUMPY1_NPY))
+    want = {"fc": [np.arange(4, dtype=np.float32).reshape(2, 2), np.full(2, 0.5, np.float32)]}
+    assert_same_dict(load_pickled_weight_dict(path), want)
 
 
 def test_restricted_unpickler_other_layouts(tmp_path):
@@ -680,7 +701,7 @@ def test_convert_npy_to_caffemodel_end_to_end(tmp_path):
     want = tf_alexnet_npy_to_caffe(d, (6, 3, 3), "fc6")
     assert set(layers) == {"conv1", "fc6", "fc7"}
     for name in want:
-        for got, w in zip(layers[name].blobs, want[name]):
+        for got, w in zip(layers[name].blobs, want[name], strict=True):
             np.testing.assert_array_equal(got, w)
 
 

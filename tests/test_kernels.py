@@ -433,20 +433,21 @@ def test_batchnorm_by_mean_var_and_affine(shape):
     close(x, ref.batchnorm_reference(x64, mean * 4.0, var * 4.0, 1e-5, 4.0), atol=1e-5)
 
 
+@pytest.mark.parametrize("eps", [1e-9, 0.5])  # 0.5 tells sqrt(var) + eps from sqrt(var + eps)
 @pytest.mark.parametrize("normalize_variance", [1, 0])
 @pytest.mark.parametrize("across", [False, True], ids=["per-channel", "across"])
 @pytest.mark.parametrize("shape", [pytest.param((2, 3, 2, 2), id="tiny"), (3, 4, 7, 9)])
-def test_mvn(shape, across, normalize_variance):
+def test_mvn(shape, across, normalize_variance, eps):
     rng = np.random.default_rng(13)
     x = rand(rng, *shape, scale=2.0) + np.float32(1.0)
     x[0, 0] = 3.0  # a constant plane: divides by eps only, stays 0
     rows = shape[0] if across else shape[0] * shape[1]
     out = np.empty_like(x)
-    normalization.mvn_forward(x.reshape(rows, -1), normalize_variance, 1e-9,
+    normalization.mvn_forward(x.reshape(rows, -1), normalize_variance, eps,
                               out.reshape(rows, -1))
-    want = ref.mvn_reference(x, bool(normalize_variance), across, 1e-9)
+    want = ref.mvn_reference(x, bool(normalize_variance), across, eps)
     close(out, want, atol=1e-5)
-    normalization.mvn_forward(x.reshape(rows, -1), normalize_variance, 1e-9,
+    normalization.mvn_forward(x.reshape(rows, -1), normalize_variance, eps,
                               x.reshape(rows, -1))  # in place
     close(x, want, atol=1e-5)
 

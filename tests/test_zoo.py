@@ -175,7 +175,7 @@ def count(net: pb.NetParameter, data_shape=None, phase=pb.TEST):
             if p.global_pooling:
                 top = x[:2] + (1, 1)
             else:
-                k, s, pad = _first(p.kernel_size, 0), _first(p.stride, 1), _first(p.pad, 0)
+                k, s, pad = p.kernel_size, p.stride, p.pad
                 sizes = []
                 for d in x[2:]:
                     o = -(-(d + 2 * pad - k) // s) + 1

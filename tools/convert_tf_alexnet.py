@@ -3,6 +3,7 @@
 
     python tools/convert_tf_alexnet.py bvlc_alexnet.npy deploy.prototxt out.caffemodel
 
+The prototxt is read with netdef's parser (legacy V1/V0 nets are upgraded).
 The .npy (a pickled {'conv1': [W, b], ...} dict) is read with netdef's
 restricted unpickler, so it cannot run code. Weights are rearranged into
 Caffe's layout (see netdef/io/convert.py); the prototxt supplies layer names
@@ -21,33 +22,15 @@ try:
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from google.protobuf import text_format  # noqa: E402
-
-from netdef.errors import NetdefError, ParseError  # noqa: E402
+from netdef import frontend  # noqa: E402
+from netdef.errors import NetdefError  # noqa: E402
 from netdef.io.convert import convert_npy_to_caffemodel  # noqa: E402
 from netdef.schema import pb  # noqa: E402
 
 
 def read_net(path: str) -> pb.NetParameter:
-    """The net definition; the project's read_net (parse + upgrade) when available."""
-    try:
-        from netdef.frontend import read_net as frontend_read_net
-    except ImportError:
-        frontend_read_net = None
-    if frontend_read_net is not None:
-        source = frontend_read_net(path)
-        net = getattr(source, "net", None) or getattr(source, "param", None)
-        if isinstance(net, pb.NetParameter):
-            return net
-    net = pb.NetParameter()
-    try:
-        with open(path, encoding="utf-8") as f:
-            text_format.Parse(f.read(), net)
-    except text_format.ParseError as e:
-        raise ParseError(str(e), where=path) from None
-    if len(net.layers):
-        raise NetdefError("legacy V1 'layers' net: upgrade it first", where=path)
-    return net
+    """The net definition, parsed and upgraded to the current format."""
+    return frontend.read_net(path).param
 
 
 def parse_chw(text: str) -> tuple[int, int, int]:

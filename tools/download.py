@@ -134,6 +134,10 @@ def fetch(url: str, part: str, timeout: float) -> None:
             log("  the server ignored the Range request; starting over")
             offset = 0
         elif offset:
+            start = re.match(r"bytes (\d+)-", resp.headers.get("Content-Range", ""))
+            if not start or int(start.group(1)) != offset:
+                raise DownloadError(f"the server resumed at the wrong offset "
+                                    f"({resp.headers.get('Content-Range')}); delete {part}")
             log(f"  resuming at {offset / 1e6:.1f} MB")
         length = resp.headers.get("Content-Length")
         total = offset + int(length) if length is not None else None
@@ -169,6 +173,8 @@ def download(url: str, dest: str, sha1: str | None, retries: int = 3,
         except (OSError, http.client.HTTPException) as e:
             have = os.path.getsize(part) if os.path.exists(part) else 0
             if attempt >= retries:
+                if not have:
+                    raise DownloadError(f"{url}: {e.__class__.__name__}: {e}") from None
                 raise DownloadError(
                     f"download interrupted after {have / 1e6:.1f} MB ({e.__class__.__name__}: "
                     f"{e}); run the same command again to resume from {part}") from None
@@ -237,6 +243,9 @@ def main(argv=None) -> int:
     except DownloadError as e:
         log(f"download: {e}")
         return 1
+    except KeyboardInterrupt:
+        log(f"\ndownload: interrupted; run the same command again to resume from {dest}.part")
+        return 130
     log(f"saved {dest}")
     return 0
 

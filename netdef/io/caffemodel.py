@@ -128,7 +128,7 @@ def array_to_blob(arr, legacy: bool = False) -> pb.BlobProto:
         if arr.ndim > 4:
             raise WeightsError(f"legacy blobs have at most 4 axes, got shape {arr.shape}")
         padded = (1,) * (4 - arr.ndim) + arr.shape
-        for name, dim in zip(_LEGACY_DIMS, padded):
+        for name, dim in zip(_LEGACY_DIMS, padded, strict=True):
             setattr(bp, name, dim)
     else:
         bp.shape.SetInParent()
@@ -156,6 +156,17 @@ def _v1_type_names() -> dict[int, str]:
     enum = pb.V1LayerParameter.DESCRIPTOR.enum_types_by_name["LayerType"]
     return {v.number: irregular.get(v.name, "".join(p.capitalize() for p in v.name.split("_")))
             for v in enum.values}
+
+
+def _v0_type_name(v0_type: str, v1_names: dict[int, str]) -> str:
+    """A V0 type string ("conv") as today's type, via netdef.upgrade's V0 table;
+    the raw V0 string when that table is unavailable or lacks it."""
+    try:
+        from netdef.upgrade import V0_TYPES
+        enum = pb.V1LayerParameter.LayerType.Value(V0_TYPES[v0_type])
+    except (ImportError, KeyError, ValueError):
+        return v0_type
+    return v1_names.get(enum, v0_type)
 
 
 # ----------------------------------------------------------------- reading ---
@@ -201,7 +212,7 @@ def read_caffemodel(path) -> list[LayerBlobs]:
 
     Handles current ``layer`` and legacy V1 ``layers`` entries (the V1 type
     enum is mapped to today's type string; a V0 layer nested in a V1 entry
-    gives its name, blobs and raw V0 type). Layers without blobs are skipped.
+    gives its name, blobs and mapped V0 type). Layers without blobs are skipped.
     """
     where = os.fspath(path)
     net = _parse_net(path)
@@ -216,7 +227,8 @@ def read_caffemodel(path) -> list[LayerBlobs]:
                 out.append(_layer_blobs(v1.name, v1_names.get(v1.type, ""), v1.blobs, where))
             elif v1.HasField("layer") and len(v1.layer.blobs):
                 v0 = v1.layer
-                out.append(_layer_blobs(v1.name or v0.name, v0.type, v0.blobs, where))
+                out.append(_layer_blobs(v1.name or v0.name, _v0_type_name(v0.type, v1_names),
+                                        v0.blobs, where))
     return out
 
 
@@ -335,6 +347,23 @@ def _legacy_equal(net_shape, file_shape) -> bool:
     return (1,) * (4 - len(net_shape)) + tuple(net_shape) == tuple(file_shape)
 
 
+def _fit_blob(name, i, arr, want, legacy, strict, source) -> tuple[np.ndarray, bool]:
+    """The file's blob as a float32 array of the net's shape, and whether that
+    took a reshape Caffe would not have done silently."""
+    want = tuple(int(d) for d in want)
+    if arr.shape == want or (legacy and _legacy_equal(want, arr.shape)):
+        return np.ascontiguousarray(arr, dtype=np.float32).reshape(want), False
+    if arr.size != int(np.prod(want, dtype=np.int64)):
+        raise WeightsError(f"layer '{name}' blob {i}: the net expects {_fmt(want)}, "
+                           f"the file has {_fmt(arr.shape)}", where=source,
+                           hint="to learn this layer from scratch, rename it in the net")
+    if strict:
+        raise WeightsError(f"layer '{name}' blob {i}: the net expects {_fmt(want)}, "
+                           f"the file has {_fmt(arr.shape)} (same element count; "
+                           "strict loading does not reshape)", where=source)
+    return np.ascontiguousarray(arr, dtype=np.float32).reshape(want), True
+
+
 def match_weights(net_layers, file_layers: list[LayerBlobs], strict: bool = False,
                   source: str | None = None) -> LoadReport:
     """Decide which file blobs go into which net layers, Caffe-style, by name.
@@ -367,24 +396,16 @@ def match_weights(net_layers, file_layers: list[LayerBlobs], strict: bool = Fals
             report.warnings.append(note)
         arrays, status = [], []
         for i in range(n):
-            arr, want = fl.blobs[i], tuple(int(d) for d in shapes[i])
             legacy = i < len(fl.legacy) and fl.legacy[i]
-            if arr.shape == want or (legacy and _legacy_equal(want, arr.shape)):
-                arrays.append(np.ascontiguousarray(arr, dtype=np.float32).reshape(want))
-                continue
-            if arr.size != int(np.prod(want, dtype=np.int64)):
-                raise WeightsError(f"layer '{name}' blob {i}: the net expects {_fmt(want)}, "
-                                   f"the file has {_fmt(arr.shape)}", where=source,
-                                   hint="to learn this layer from scratch, rename it in the net")
-            if strict:
-                raise WeightsError(f"layer '{name}' blob {i}: the net expects {_fmt(want)}, "
-                                   f"the file has {_fmt(arr.shape)} (same element count; "
-                                   "strict loading does not reshape)", where=source)
-            report.reshaped.append((name, i, tuple(arr.shape), want))
-            report.warnings.append(f"layer '{name}' blob {i}: reshaped {_fmt(arr.shape)} from "
-                                   f"the file to the net's {_fmt(want)} (same element count)")
-            status.append(f"blob {i} reshaped {_fmt(arr.shape)} -> {_fmt(want)}")
-            arrays.append(np.ascontiguousarray(arr, dtype=np.float32).reshape(want))
+            arr, was_reshaped = _fit_blob(name, i, fl.blobs[i], shapes[i], legacy, strict, source)
+            arrays.append(arr)
+            if was_reshaped:
+                old = tuple(fl.blobs[i].shape)
+                report.reshaped.append((name, i, old, arr.shape))
+                report.warnings.append(f"layer '{name}' blob {i}: reshaped {_fmt(old)} from "
+                                       f"the file to the net's {_fmt(arr.shape)} "
+                                       "(same element count)")
+                status.append(f"blob {i} reshaped {_fmt(old)} -> {_fmt(arr.shape)}")
         report.arrays[name] = arrays
         report.loaded.append(name)
         text = "loaded " + ", ".join(_fmt(a.shape) for a in arrays)

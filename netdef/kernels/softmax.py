@@ -14,7 +14,7 @@ import numpy as np
 
 from netdef.kernels._jit import parallel_kernel, prange
 
-_BLOCK = 1000
+_BLOCK = 512
 
 
 @parallel_kernel

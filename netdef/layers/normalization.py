@@ -82,7 +82,7 @@ class BatchNorm(Layer):
     def _update_moving_averages(self, mean, var):
         m = self.outer * self.inner
         correction = m / (m - 1) if m > 1 else 1.0
-        factor, mean_sum, var_sum = (b.data for b in self.blobs[:3])
+        mean_sum, var_sum, factor = (b.data for b in self.blobs[:3])
         factor *= self.maf
         factor += 1.0
         mean_sum *= self.maf

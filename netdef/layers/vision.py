@@ -57,7 +57,10 @@ def _pair(layer: Layer, msg, field: str, default: int | None) -> tuple[int, int]
     stem = field.removesuffix("_size")
     names = msg.DESCRIPTOR.fields_by_name
     h_name, w_name = f"{stem}_h", f"{stem}_w"
-    values = list(getattr(msg, field))
+    if names[field].is_repeated:            # convolution: one value per axis allowed
+        values = list(getattr(msg, field))
+    else:                                   # pooling: a single value
+        values = [getattr(msg, field)] if msg.HasField(field) else []
     if h_name in names and (msg.HasField(h_name) or msg.HasField(w_name)):
         if values:
             raise layer.config_error(f"give {field} or {h_name}/{w_name}, not both")
@@ -201,7 +204,7 @@ class Convolution(_ConvBase):
         kdim = self.channels // g * win.kh * win.kw      # GEMM depth per group
         w = self.blobs[0].data.reshape(g, self.num_output // g, kdim)
         (h, wd), (oh, ow) = self.in_hw, self.out_hw
-        for bottom, top in zip(bottoms, tops):
+        for bottom, top in zip(bottoms, tops, strict=True):
             x = bottom.data.reshape(num, self.channels, h, wd)
             y = top.data.reshape(num, g, self.num_output // g, oh * ow)
             if win.is_1x1:
@@ -247,7 +250,7 @@ class Deconvolution(_ConvBase):
         rows = m // g * win.kh * win.kw                  # column rows per group
         wt = self.blobs[0].data.reshape(g, self.channels // g, rows).transpose(0, 2, 1)
         (h, wd), (oh, ow) = self.in_hw, self.out_hw
-        for bottom, top in zip(bottoms, tops):
+        for bottom, top in zip(bottoms, tops, strict=True):
             x = bottom.data.reshape(num, g, self.channels // g, h * wd)
             y = top.data.reshape(num, m, oh, ow)
             if win.is_1x1:
@@ -333,7 +336,7 @@ class Pooling(Layer):
         if len(tops) == 2 and self.method != _POOL.MAX:
             raise self.config_error("only MAX pooling has a second (argmax mask) top")
         if self.global_pooling:
-            if pp.kernel_size or pp.HasField("kernel_h") or pp.HasField("kernel_w"):
+            if any(pp.HasField(f) for f in ("kernel_size", "kernel_h", "kernel_w")):
                 raise self.config_error("global_pooling takes the kernel size from the "
                                         "bottom; do not set kernel_size")
             bottom_hw = bottoms[0].shape[2:4] if bottoms[0].ndim == 4 else (1, 1)

@@ -1,0 +1,178 @@
+"""netdef.cli: every subcommand through main([...]); exit codes, stdout vs stderr."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from netdef import cli
+from netdef.cli import COMMANDS, main
+
+DEPLOY = """name: "tiny"
+layer { name: "data" type: "Input" top: "data"
+        input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 4 kernel_size: 3 } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "prob" type: "Softmax" bottom: "conv1" top: "prob" }
+"""
+
+TRAIN_VAL = """name: "tiny_tv"
+layer { name: "data" type: "DummyData" top: "data" top: "label"
+        dummy_data_param { shape { dim: 4 dim: 3 dim: 8 dim: 8 } shape { dim: 4 } } }
+layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc"
+        param { lr_mult: 1 } param { lr_mult: 2 }
+        inner_product_param { num_output: 5 weight_filler { type: "xavier" } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }
+"""
+
+V1 = """name: "old"
+input: "data"
+input_dim: 1 input_dim: 3 input_dim: 8 input_dim: 8
+layers { name: "conv1" type: CONVOLUTION bottom: "data" top: "conv1"
+         convolution_param { num_output: 4 kernel_size: 3 } }
+"""
+
+BROKEN = """name: "broken"
+layer { name: "data" type: "Input" top: "data"
+        input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }
+layer { name: "relu" type: "ReLU" bottom: "dta" top: "relu" }
+"""
+
+
+@pytest.fixture
+def files(tmp_path):
+    paths = {}
+    for name, text in (("deploy", DEPLOY), ("train_val", TRAIN_VAL), ("v1", V1),
+                       ("broken", BROKEN)):
+        paths[name] = tmp_path / f"{name}.prototxt"
+        paths[name].write_text(text, encoding="utf-8")
+    paths["dir"] = tmp_path
+    return paths
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_summary_table_to_stdout(files, capsys):
+    code, out, err = run(capsys, "summary", files["deploy"])
+    assert code == 0 and err == ""
+    assert "conv1 (Convolution)" in out and "Total params: 112" in out
+
+
+def test_summary_json_and_options(files, capsys):
+    code, out, _ = run(capsys, "summary", files["deploy"], "--json",
+                       "--input-shape", "data=2,3,8,8", "--phase", "train")
+    assert code == 0
+    data = json.loads(out)
+    assert data["phase"] == "TRAIN" and data["total_params"] == 112
+    assert data["layers"][-1]["top_shapes"] == [[2, 4, 6, 6]]
+
+
+def test_bad_input_shape_is_a_usage_error(files, capsys):
+    code, out, err = run(capsys, "summary", files["deploy"], "--input-shape", "data=1,x")
+    assert code == 2 and out == "" and "NAME=N,C,H,W" in err
+
+
+def test_netdef_error_is_one_line_exit_2(files, capsys):
+    code, out, err = run(capsys, "summary", files["broken"])
+    assert code == 2 and out == ""
+    assert err.startswith("netdef: error: ") and err.count("\n") == 1
+    assert "broken.prototxt:4:1" in err and "did you mean 'data'?" in err
+
+
+def test_missing_file(files, capsys):
+    code, _, err = run(capsys, "summary", files["dir"] / "absent.prototxt")
+    assert code == 2 and err.startswith("netdef: error: ") and err.count("\n") == 1
+
+
+def test_debug_shows_traceback(files, capsys):
+    code, _, err = run(capsys, "--debug", "summary", files["broken"])
+    assert code == 2 and "Traceback" in err and "GraphError" in err
+
+
+def test_help_everywhere(capsys):
+    assert main(["--help"]) == 0
+    assert "summary" in capsys.readouterr().out
+    for name in COMMANDS:
+        assert main([name, "--help"]) == 0
+        assert "usage: netdef " + name in capsys.readouterr().out
+
+
+def test_usage_errors_exit_2(capsys):
+    assert main([]) == 2
+    assert main(["frobnicate"]) == 2
+    assert main(["summary"]) == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+def test_draw_dot(files, capsys):
+    out_path = files["dir"] / "net.dot"
+    code, out, err = run(capsys, "draw", files["deploy"], out_path, "--rankdir", "LR",
+                         "--display-lr")
+    assert code == 0 and out == "" and "wrote" in err
+    assert "rankdir=LR" in out_path.read_text(encoding="utf-8")
+
+
+def test_draw_without_graphviz_is_one_line(files, capsys, monkeypatch):
+    monkeypatch.setenv("PATH", "")
+    code, _, err = run(capsys, "draw", files["deploy"], files["dir"] / "net.png")
+    assert code == 2 and err.count("\n") == 1 and "apt-get install graphviz" in err
+
+
+def test_check_clean_and_with_errors(files, capsys):
+    code, out, err = run(capsys, "check", files["deploy"])
+    assert code == 0 and out == "" and "0 error(s), 0 warning(s)" in err
+    code, out, err = run(capsys, "check", files["broken"])
+    assert code == 1
+    assert out.startswith(f"{files['broken']}:4:1: error: ")
+    assert "1 error(s)" in err
+
+
+def test_check_warnings_only_exit_0(files, capsys):
+    text = DEPLOY + 'layer { name: "side" type: "ReLU" bottom: "data" top: "side" }\n'
+    (files["dir"] / "warn.prototxt").write_text(text, encoding="utf-8")
+    code, out, _ = run(capsys, "check", files["dir"] / "warn.prototxt")
+    assert code == 0 and ": warning: top 'side'" in out
+
+
+def test_upgrade(files, capsys):
+    new = files["dir"] / "new.prototxt"
+    code, out, err = run(capsys, "upgrade", files["v1"], new)
+    assert code == 0 and out == "" and err
+    text = new.read_text(encoding="utf-8")
+    assert 'type: "Convolution"' in text and 'type: "Input"' in text
+
+
+def test_deploy(files, capsys):
+    new = files["dir"] / "deploy_out.prototxt"
+    code, out, err = run(capsys, "deploy", files["train_val"], new, "--batch", "1")
+    assert code == 0 and out == "" and "wrote" in err
+    text = new.read_text(encoding="utf-8")
+    assert 'type: "Input"' in text and 'name: "prob"' in text and "lr_mult" not in text
+    assert "dim: 1\n" in text
+
+
+def test_keyboard_interrupt_and_broken_pipe(files, capsys, monkeypatch):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    def broken(args):
+        raise BrokenPipeError
+
+    monkeypatch.setitem(COMMANDS, "summary", (cli.setup_summary, interrupted, "x"))
+    assert main(["summary", str(files["deploy"])]) == 130
+    monkeypatch.setitem(COMMANDS, "summary", (cli.setup_summary, broken, "x"))
+    monkeypatch.setattr(cli.os, "dup2", lambda *a: None)   # keep pytest's own stdout
+    assert main(["summary", str(files["deploy"])]) == 141
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_python_dash_m_entry_point(files):
+    done = subprocess.run([sys.executable, "-m", "netdef", "summary", str(files["deploy"])],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "Total params: 112" in done.stdout
