@@ -1,2 +1,26 @@
-"""netdef: Caffe-style prototxt networks, compiled and run on the CPU."""
+"""netdef: Caffe-style prototxt networks, compiled and run on the CPU.
+
+The common entry points are importable from here; they load lazily so that
+``import netdef`` stays cheap (no Numba until a net actually runs).
+"""
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "Net": "netdef.net",
+    "summarize": "netdef.summary",
+    "read_net": "netdef.frontend",
+    "build_graph": "netdef.graph",
+    "check": "netdef.check",
+    "NetdefError": "netdef.errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'netdef' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

@@ -12,12 +12,12 @@ adding a function to one of the two lists.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from netdef.compile.instantiate import Instance, instantiate
 from netdef.errors import GraphError, Location, NetdefError
 from netdef.graph import build_graph, layer_included, make_state
-from netdef.layers.base import layer_class
 from netdef.schema import PHASE_NAMES, pb, phase_value
 
 ERROR, WARNING = "error", "warning"
@@ -43,28 +43,19 @@ class _Context:
         self.found: list[Finding] = []
         self.stand_ins: set[str] = set()     # layers replaced after a wiring error
 
-    def where(self, index: int | None = None, loc: Location | None = None) -> str:
+    def add(self, severity: str, message: str, index: int | None = None,
+            loc: Location | None = None) -> None:
+        """Record a finding at ``loc``, or at layer ``index`` of the source."""
         if loc is None and index is not None:
             loc = self.source.layer_location(index)
-        return str(loc) if loc is not None else self.source.filename
-
-    def add(self, severity: str, message: str, index=None, loc=None) -> None:
-        if loc is None and index is not None:
-            loc = self.source.layer_location(index)
-        self.found.append(Finding(severity, self.where(loc=loc), message,
+        where = str(loc) if loc is not None else self.source.filename
+        self.found.append(Finding(severity, where, message,
                                   loc.line if isinstance(loc, Location) else 0))
 
 
 # -------------------------------------------------------- helpers ----
 def _is_source(layer: pb.LayerParameter) -> bool:
     return not layer.bottom and layer.type != "Input"
-
-
-def _is_loss(type_name: str) -> bool:
-    try:
-        return bool(layer_class(type_name).is_loss)
-    except NetdefError:
-        return False
 
 
 def _rule_uses_state_beyond_phase(layer: pb.LayerParameter) -> bool:
@@ -285,11 +276,13 @@ def _check_phase(ctx: _Context, phase: int, input_shapes, level, stages) -> None
             graph = build_graph(source, phase, level, stages, splits=False)
             break
         except GraphError as err:
-            ctx.found.append(_finding_from(err, source.filename))
             index = _layer_at(source, err.where)
+            again = index is not None and source.param.layer[index].name in stand_ins
+            if not again:          # a stand-in's own error is not the user's
+                ctx.found.append(_finding_from(err, source.filename))
             if index is None:
                 return
-            source = _without(source, index, drop=source.param.layer[index].name in stand_ins)
+            source = _without(source, index, drop=again)
             stand_ins.add(source.param.layer[index].name)
     else:
         return
@@ -310,8 +303,6 @@ def _layer_at(source, where) -> int | None:
 
 def _without(source, index: int, drop: bool):
     """A copy of ``source`` with layer ``index`` replaced by a stand-in (or emptied)."""
-    import dataclasses
-
     param = pb.NetParameter()
     param.CopyFrom(source.param)
     old = param.layer[index]

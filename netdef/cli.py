@@ -2,7 +2,8 @@
 
 Subcommands live in ``COMMANDS``, a table from name to (setup_parser,
 handler), like Caffe's ``RegisterBrewFunction``: adding ``netdef time`` is
-writing two functions and one table entry. Results go to stdout, logs to
+writing two functions (the handler's docstring is its help line) and one
+table entry. Results go to stdout, logs to
 stderr. A NetdefError becomes one line ``netdef: error: ...`` and exit code
 2 (argparse's own code for usage errors); ``--debug`` shows the traceback
 instead. Ctrl-C exits 130; a closed stdout pipe (``netdef summary x | head``)
@@ -68,6 +69,7 @@ def setup_summary(p: argparse.ArgumentParser) -> None:
 
 
 def run_summary(args) -> int:
+    """Table of layers, shapes, parameters and MACs."""
     from netdef.summary import print_summary, summarize
 
     s = summarize(args.net, args.phase, shapes_of(args), args.level, args.stage)
@@ -91,6 +93,7 @@ def setup_draw(p: argparse.ArgumentParser) -> None:
 
 
 def run_draw(args) -> int:
+    """Draw the net with Graphviz (.dot needs no Graphviz)."""
     from netdef.draw import draw
 
     fmt = draw(args.net, args.out, args.rankdir, args.phase, args.display_lr,
@@ -107,6 +110,7 @@ def setup_check(p: argparse.ArgumentParser) -> None:
 
 
 def run_check(args) -> int:
+    """Report every problem in a net, with its file:line:col."""
     from netdef.check import check, has_errors
 
     findings = check(args.net, args.phase, shapes_of(args), args.level, args.stage)
@@ -124,6 +128,7 @@ def setup_upgrade(p: argparse.ArgumentParser) -> None:
 
 
 def run_upgrade(args) -> int:
+    """Rewrite a V0/V1/input-header net in the current format."""
     from netdef.frontend import upgrade_file
 
     for line in upgrade_file(args.old, args.new):
@@ -140,6 +145,7 @@ def setup_deploy(p: argparse.ArgumentParser) -> None:
 
 
 def run_deploy(args) -> int:
+    """Derive a deploy net from a train_val net."""
     from netdef.deploy import make_deploy
     from netdef.frontend import write_net
 
@@ -149,14 +155,118 @@ def run_deploy(args) -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------- run ----
+def setup_run(p: argparse.ArgumentParser) -> None:
+    from netdef import run
+
+    run.setup_run(p)
+
+
+def run_run(args) -> int:
+    """Classify images: top-k labels and probabilities per image."""
+    from netdef import run
+
+    return run.cmd_run(args)
+
+
+# --------------------------------------------------------------- time ----
+def setup_time(p: argparse.ArgumentParser) -> None:
+    p.add_argument("net", help="net prototxt (any Caffe format)")
+    p.add_argument("--weights", help=".caffemodel to load (default: seeded random weights)")
+    p.add_argument("--iterations", type=int, default=50, help="timed passes (default: 50)")
+    p.add_argument("--batch", type=int, help="batch size of the inputs (default: the net's)")
+    p.add_argument("--threads", type=int, metavar="N", help="kernel threads")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    add_net_state(p)
+    add_input_shapes(p)
+
+
+def run_time(args) -> int:
+    """Mean forward time of every layer and of the net (like caffe time)."""
+    from netdef.net import Net
+    from netdef.run import set_threads
+    from netdef.timing import time_net
+
+    if args.iterations < 1:
+        raise NetdefError("--iterations must be at least 1")
+    if args.threads is not None:
+        set_threads(args.threads)
+    net = Net(args.net, args.weights, args.phase, input_shapes=shapes_of(args),
+              level=args.level, stages=args.stage, optimize=True)
+    if args.batch:
+        for name in net.inputs:
+            net.blobs[name].reshape((args.batch,) + net.input_shape(name)[1:])
+    report = time_net(net, args.iterations, progress=_progress("time"))
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print("\n".join(report.lines()))
+    return EXIT_OK
+
+
+def _progress(what: str):
+    if not sys.stderr.isatty():
+        return None
+
+    def show(done: int, total: int) -> None:
+        end = "\n" if done == total else ""
+        print(f"\r{what}: {done}/{total}", end=end, file=sys.stderr, flush=True)
+
+    return show
+
+
+# ------------------------------------------------------------- warmup ----
+def setup_warmup(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true", help="print only the total")
+
+
+def run_warmup(args) -> int:
+    """Compile every kernel once into the Numba cache (first-run cost)."""
+    from netdef.kernels import warmup
+
+    names, seconds = warmup(None if args.quiet else (lambda n: log(f"compiling {n}")))
+    print(f"{len(names)} kernels ready in {seconds:.1f} s")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------ convert ----
+def setup_convert(p: argparse.ArgumentParser) -> None:
+    p.add_argument("npy", help="pickled weight dict of the TensorFlow AlexNet port (.npy)")
+    p.add_argument("net", help="the Caffe net whose layers the weights belong to")
+    p.add_argument("out", help=".caffemodel to write")
+    p.add_argument("--fc-input", metavar="C,H,W",
+                   help="shape feeding the first fc layer (default: derived from the net)")
+
+
+def run_convert(args) -> int:
+    """Convert a TensorFlow AlexNet-port .npy weight dict to a .caffemodel."""
+    from netdef.frontend import read_net
+    from netdef.io.convert import convert_npy_to_caffemodel
+
+    fc_shape = None
+    if args.fc_input:
+        try:
+            fc_shape = tuple(int(d) for d in args.fc_input.split(","))
+        except ValueError:
+            raise NetdefError(f"--fc-input expects C,H,W, got {args.fc_input!r}") from None
+    weights = convert_npy_to_caffemodel(args.npy, read_net(args.net).param, args.out,
+                                        fc_input_shape=fc_shape)
+    log(f"wrote {args.out} ({len(weights)} layers)")
+    return EXIT_OK
+
+
 # -------------------------------------------------------- the table ----
+# name -> (setup_parser, handler); the handler's docstring is the help line.
 COMMANDS = {
-    "summary": (setup_summary, run_summary,
-                "table of layers, shapes, parameters and MACs"),
-    "draw": (setup_draw, run_draw, "draw the net with Graphviz"),
-    "check": (setup_check, run_check, "report every problem in a net (lint)"),
-    "upgrade": (setup_upgrade, run_upgrade, "rewrite a V0/V1/legacy net in the current format"),
-    "deploy": (setup_deploy, run_deploy, "derive a deploy net from a train_val net"),
+    "summary": (setup_summary, run_summary),
+    "draw": (setup_draw, run_draw),
+    "check": (setup_check, run_check),
+    "upgrade": (setup_upgrade, run_upgrade),
+    "deploy": (setup_deploy, run_deploy),
+    "run": (setup_run, run_run),
+    "time": (setup_time, run_time),
+    "warmup": (setup_warmup, run_warmup),
+    "convert": (setup_convert, run_convert),
 }
 
 
@@ -167,8 +277,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="show the traceback of errors instead of one line")
     parser.add_argument("--version", action="version", version=f"netdef {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (setup, handler, summary) in COMMANDS.items():
-        p = sub.add_parser(name, help=summary, description=summary)
+    # --debug is accepted after the subcommand too (SUPPRESS keeps the global value).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the traceback of errors instead of one line")
+    for name, (setup, handler) in COMMANDS.items():
+        about = handler.__doc__.strip().splitlines()[0] if handler.__doc__ else None
+        p = sub.add_parser(name, help=about, description=about, parents=[common])
         setup(p)
         p.set_defaults(handler=handler)
     return parser

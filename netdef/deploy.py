@@ -20,7 +20,7 @@ from google.protobuf.descriptor import FieldDescriptor
 
 from netdef.compile.instantiate import Instance
 from netdef.errors import GraphError, InputError
-from netdef.graph import Node, build_graph
+from netdef.graph import Graph, Node, build_graph
 from netdef.layers.base import layer_class
 from netdef.schema import pb
 from netdef.summary import analyze, load_source
@@ -163,6 +163,11 @@ class _Deriver:
                 raise GraphError(f"layer '{node.name}' ({node.type}) reads the label blob "
                                  f"'{bad[0]}', which a deploy net does not have",
                                  where=node.where)
+        used = {b for n in kept for b in n.bottoms}
+        data = [n for n in data if n.tops[0] in used]    # e.g. not a label-only source
+        if not kept or (not data and not any(n.type == "Input" for n in kept)):
+            raise GraphError("nothing in the TEST net leads from its input to an output "
+                             "once losses, accuracies and labels are removed")
         net = pb.NetParameter(name=name)
         if data:
             net.layer.append(self.input_layer(data, input_shapes, batch))
@@ -202,6 +207,9 @@ def make_deploy(train_val_source, input_shapes=None, batch: int | None = None) -
         raise InputError(f"batch must be at least 1, got {batch}")
     input_shapes = {k: tuple(v) for k, v in (input_shapes or {}).items()}
     source = load_source(train_val_source)
+    if isinstance(source, Graph):
+        raise GraphError("make_deploy needs the net itself (a path, text or NetSource), "
+                         "not a Graph built for one phase")
     inst = analyze(source, "TEST", input_shapes, collect_errors=True)
     try:
         train_nodes = build_graph(source, "TRAIN", splits=False).nodes

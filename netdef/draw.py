@@ -10,6 +10,8 @@ what runs. What it adds is presentation:
 * in-place layers (ReLU, Dropout, BatchNorm, Scale ...) stacked into the box
   of the layer whose output they modify, so ``conv1 -> relu1`` is one box;
 * blobs as edges labelled with their shape; the net's outputs as ovals;
+  labels reach each loss from a small dashed oval instead of a long edge
+  from the data layer across the whole picture;
 * repeated modules in clusters: names sharing a prefix before '/'
   (``inception_3a/...``, ``fire2/...``) and ResNet's ``res2a_branch2b`` /
   ``bn2a_branch2b`` / ``res2a`` naming (a cluster per block inside a
@@ -400,8 +402,8 @@ def _emit_cluster(cluster: _Cluster, display_lr: bool, out: list[str], depth: in
         if child.size() < 2:          # a single box is not a module
             _emit_cluster(child, display_lr, out, depth, prefix)
             continue
-        cid = re.sub(r"\W", "_", child.key)
-        out.append(f'{pad}subgraph "cluster_{cid}" {{')
+        # Quoted IDs may hold any character, and cluster keys are unique paths.
+        out.append(f'{pad}subgraph "cluster_{_quote(child.key)}" {{')
         out.append(f'{pad}  label=<<B>{_esc(child.key)}</B>>; style="rounded,dashed"; '
                    'color="#90A4AE"; fontcolor="#455A64"; fontsize=13;')
         _emit_cluster(child, display_lr, out, depth + 1, child.key)

@@ -44,7 +44,6 @@ class Net:
         self._plan_key = None
         self._inferred_key = self._shape_key()
         self.load_report = None
-        self._set_python_layer_paths()
         self._init_params(seed)
         self.random_weights = True
         if weights is not None:
@@ -150,16 +149,6 @@ class Net:
                 blob.data = fill(blob.shape, filler, rng,
                                  where=f"layer '{layer.name}' ({layer.type})")
 
-    def _set_python_layer_paths(self) -> None:
-        import pathlib
-
-        folder = None
-        if self.source.filename and not self.source.filename.startswith("<"):
-            folder = str(pathlib.Path(self.source.filename).resolve().parent)
-        for layer in self._inst.layers:
-            if hasattr(layer, "search_path") and folder:
-                layer.search_path = folder
-
     def _default_input(self) -> str:
         fed = self._fed_names()
         if not fed:
@@ -175,6 +164,9 @@ class Net:
             raise InputError(f"'{name}' is not an input of net '{self.name}'",
                              hint=did_you_mean(name, fed) or f"inputs: {', '.join(fed)}")
         arr = np.asarray(value, dtype=DTYPE)
+        producer = next(s for s in self._inst.steps if not s.bottoms and name in s.node.tops)
+        if hasattr(producer.layer, "fed"):
+            producer.layer.fed = True      # data layers then leave the blob alone
         blob = self._inst.blobs[name]
         if arr.shape != blob.shape:
             blob.reshape(arr.shape)

@@ -51,7 +51,7 @@ def setup_run(p: argparse.ArgumentParser) -> None:
                    help="resize to --resize (default 256x256) then center-crop to the input, "
                    "like Caffe's classifier; without it images are resized to the input")
     p.add_argument("--resize", type=_pair, metavar="H,W",
-                   help="size to resize to before --crop (default: 256,256)")
+                   help="size to resize to before --crop (default: 256,256; inputs over 256 get 8/7 of their size)")
     p.add_argument("--input-blob", metavar="NAME", help="net input to feed (default: the first)")
     p.add_argument("--output-blob", metavar="NAME", help="blob to rank (default: the net's last output)")
     p.add_argument("--batch", type=_positive, default=1, metavar="N", help="images per forward pass (default: 1)")

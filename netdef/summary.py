@@ -181,22 +181,24 @@ def _names(blobs: list[str], limit: int = 4) -> str:
 
 
 # ------------------------------------------------------- human numbers ----
+def _scaled(n: float, base: int, units: tuple[str, ...]) -> str:
+    """Divide by ``base`` until below it (or out of units); one decimal."""
+    i = 0
+    n /= base
+    while abs(n) >= base and i < len(units) - 1:
+        n /= base
+        i += 1
+    return f"{n:.1f} {units[i]}"
+
+
 def human_bytes(n: float) -> str:
     """1536 -> '1.5 KiB' (binary units, as memory is counted)."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
+    return f"{n:.0f} B" if abs(n) < 1024 else _scaled(n, 1024, ("KiB", "MiB", "GiB", "TiB"))
 
 
 def human_count(n: float) -> str:
-    """724_400_000 -> '724.4 M' (decimal units, as operations are counted)."""
-    for unit in ("", "K", "M", "G", "T"):
-        if abs(n) < 1000 or unit == "T":
-            return f"{n:.0f}" if unit == "" else f"{n:.1f} {unit}"
-        n /= 1000
-    raise AssertionError("unreachable")
+    """724_406_816 -> '724.4 M' (decimal units, as operations are counted)."""
+    return f"{n:.0f}" if abs(n) < 1000 else _scaled(n, 1000, ("K", "M", "G", "T"))
 
 
 def shape_str(shape: tuple | None) -> str:

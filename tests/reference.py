@@ -58,6 +58,7 @@ def im2col_reference(img, kernel, stride=1, pad=0, dilation=1) -> np.ndarray:
 
 def conv2d_reference(x, w, b=None, stride=1, pad=0, dilation=1, group=1) -> np.ndarray:
     """Caffe Convolution: x (N, C, H, W), w (M, C/group, kh, kw), b (M,) or None."""
+    x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
     (sh, sw), (ph, pw), (dh, dw) = map(_pair, (stride, pad, dilation))
     n_img, n_ch, height, width = x.shape
     n_out, cpg, kh, kw = w.shape
@@ -66,18 +67,16 @@ def conv2d_reference(x, w, b=None, stride=1, pad=0, dilation=1, group=1) -> np.n
     xp = np.zeros((n_img, n_ch, height + 2 * ph, width + 2 * pw))
     xp[:, :, ph:ph + height, pw:pw + width] = x
     y = np.zeros((n_img, n_out, oh_n, ow_n))
+    ext_h, ext_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1
     for n in range(n_img):
         for m in range(n_out):
             g = m // mpg
             for oh in range(oh_n):
                 for ow in range(ow_n):
-                    acc = 0.0
-                    for c in range(cpg):
-                        for i in range(kh):
-                            for j in range(kw):
-                                acc += (xp[n, g * cpg + c, oh * sh + i * dh, ow * sw + j * dw]
-                                        * w[m, c, i, j])
-                    y[n, m, oh, ow] = acc + (0.0 if b is None else b[m])
+                    # the (C/group, kh, kw) input window under output (oh, ow), dilated
+                    window = xp[n, g * cpg:(g + 1) * cpg,
+                                oh * sh:oh * sh + ext_h:dh, ow * sw:ow * sw + ext_w:dw]
+                    y[n, m, oh, ow] = np.sum(window * w[m]) + (0.0 if b is None else b[m])
     return y
 
 
@@ -87,27 +86,26 @@ def deconv2d_reference(x, w, b=None, stride=1, pad=0, dilation=1, group=1) -> np
     Each input pixel scatters ``x * w`` into the output; output size
     s*(H-1) + d*(k-1)+1 - 2p.
     """
+    x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
     (sh, sw), (ph, pw), (dh, dw) = map(_pair, (stride, pad, dilation))
     n_img, n_ch, height, width = x.shape
     _, mpg, kh, kw = w.shape
     cpg = n_ch // group
     oh_n = sh * (height - 1) + dh * (kh - 1) + 1 - 2 * ph
     ow_n = sw * (width - 1) + dw * (kw - 1) + 1 - 2 * pw
-    y = np.zeros((n_img, mpg * group, oh_n, ow_n))
+    ext_h, ext_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+    # scatter into the uncropped output, then cut the padding off
+    full = np.zeros((n_img, mpg * group, oh_n + 2 * ph, ow_n + 2 * pw))
     for n in range(n_img):
         for c in range(n_ch):
             g = c // cpg
             for h in range(height):
                 for v in range(width):
-                    for m in range(mpg):
-                        for i in range(kh):
-                            for j in range(kw):
-                                oy = h * sh - ph + i * dh
-                                ox = v * sw - pw + j * dw
-                                if 0 <= oy < oh_n and 0 <= ox < ow_n:
-                                    y[n, g * mpg + m, oy, ox] += x[n, c, h, v] * w[c, m, i, j]
+                    full[n, g * mpg:(g + 1) * mpg,
+                         h * sh:h * sh + ext_h:dh, v * sw:v * sw + ext_w:dw] += x[n, c, h, v] * w[c]
+    y = full[:, :, ph:ph + oh_n, pw:pw + ow_n]
     if b is not None:
-        y += np.asarray(b, np.float64).reshape(1, -1, 1, 1)
+        y = y + np.asarray(b, np.float64).reshape(1, -1, 1, 1)
     return y
 
 
@@ -288,7 +286,7 @@ def eltwise_reference(inputs, operation="SUM", coeff=None):
     xs = [np.asarray(a, np.float64) for a in inputs]
     if operation == "SUM":
         coeff = [1.0] * len(xs) if coeff is None else coeff
-        return sum(c * a for c, a in zip(coeff, xs)), None
+        return sum(c * a for c, a in zip(coeff, xs, strict=True)), None
     if operation == "PROD":
         out = xs[0].copy()
         for a in xs[1:]:

@@ -160,3 +160,22 @@ def test_unknown_shape_is_a_warning_with_the_reason():
 def test_published_nets_have_no_errors(shared_models, name):
     found = check(str(shared_models / name))
     assert not has_errors(found), "\n".join(map(str, found))
+
+
+WIRING = """layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 4 } } }
+layer { name: "a" type: "ReLU" bottom: "data" top: "x" }
+layer { name: "b" type: "Sigmoid" bottom: "data" top: "x" }
+layer { name: "c" type: "ReLU" bottom: "z" top: "y" }
+layer { name: "d" type: "ReLU" bottom: "y" top: "z" }
+layer { name: "e" type: "InnerProduct" bottom: "x" top: "e" inner_product_param { num_output: 2 } }
+layer { name: "f" type: "Nonsense" bottom: "e" top: "f" }
+"""
+
+
+def test_all_wiring_errors_in_one_run():
+    found = check(WIRING)
+    assert [(f.severity, f.location) for f in found] == [
+        ("error", "<string>:3:1"), ("error", "<string>:4:1"), ("error", "<string>:7:1")]
+    assert "already produced" in found[0].message
+    assert "cycle" in found[1].message
+    assert "unknown layer type 'Nonsense'" in found[2].message

@@ -92,6 +92,8 @@ def test_missing_file(files, capsys):
 def test_debug_shows_traceback(files, capsys):
     code, _, err = run(capsys, "--debug", "summary", files["broken"])
     assert code == 2 and "Traceback" in err and "GraphError" in err
+    code, _, err = run(capsys, "summary", files["broken"], "--debug")
+    assert code == 2 and "Traceback" in err
 
 
 def test_help_everywhere(capsys):
@@ -163,9 +165,9 @@ def test_keyboard_interrupt_and_broken_pipe(files, capsys, monkeypatch):
     def broken(args):
         raise BrokenPipeError
 
-    monkeypatch.setitem(COMMANDS, "summary", (cli.setup_summary, interrupted, "x"))
+    monkeypatch.setitem(COMMANDS, "summary", (cli.setup_summary, interrupted))
     assert main(["summary", str(files["deploy"])]) == 130
-    monkeypatch.setitem(COMMANDS, "summary", (cli.setup_summary, broken, "x"))
+    monkeypatch.setitem(COMMANDS, "summary", (cli.setup_summary, broken))
     monkeypatch.setattr(cli.os, "dup2", lambda *a: None)   # keep pytest's own stdout
     assert main(["summary", str(files["deploy"])]) == 141
     assert "Traceback" not in capsys.readouterr().err

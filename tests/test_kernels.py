@@ -47,6 +47,7 @@ CONV_CASES = [
     pytest.param(2, 4, 4, 3, 1, 3, 1, id="rows-all-padding"),
     pytest.param(3, 6, 6, 1, 1, 0, 1, id="1x1"),
     pytest.param(1, 13, 12, (2, 4), (3, 2), (1, 2), (3, 1), id="mixed"),
+    pytest.param(16, 30, 31, 3, 1, 1, 1, id="parallel-path"),  # >= PARALLEL_MIN_WORK
 ]
 
 
@@ -231,11 +232,13 @@ def test_max_pool_of_nan_and_minus_inf_window_is_caffe_lowest():
     pytest.param(1, 3, 3, 3, 5, id="size>C"),
     pytest.param(2, 6, 2, 2, 1, id="size1"),
     pytest.param(1, 9, 4, 5, 4, id="even-size"),
+    pytest.param(2, 16, 16, 16, 5, id="parallel-path"),
 ])
-def test_lrn_across_forward_and_backward(n, c, h, w, size):
+@pytest.mark.parametrize("beta", [0.75, 0.6])  # 0.75 has its own fast path
+def test_lrn_across_forward_and_backward(n, c, h, w, size, beta):
     rng = np.random.default_rng(6)
     x = rand(rng, n, c, h, w, scale=2.0)
-    alpha, beta, k = 0.7, 0.75, 2.0
+    alpha, k = 0.7, 2.0
     out, scale = np.empty_like(x), np.empty_like(x)
     lrn.lrn_across_forward(x, size, alpha, beta, k, out, scale)
     close(out, ref.lrn_reference(x, size, alpha, beta, k, "across"))
@@ -259,13 +262,15 @@ def test_lrn_across_forward_and_backward(n, c, h, w, size):
     pytest.param(2, 3, 6, 7, 5, id="size5"),
     pytest.param(1, 2, 2, 3, 5, id="size>H"),
     pytest.param(1, 1, 3, 3, 1, id="size1"),
+    pytest.param(2, 4, 24, 24, 3, id="parallel-path"),
 ])
-def test_lrn_within_forward(n, c, h, w, size):
+@pytest.mark.parametrize("beta", [0.75, 0.6])
+def test_lrn_within_forward(n, c, h, w, size, beta):
     rng = np.random.default_rng(7)
     x = rand(rng, n, c, h, w, scale=2.0)
     out, scale = np.empty_like(x), np.empty_like(x)
-    lrn.lrn_within_forward(x, size, 0.9, 0.75, out, scale)
-    close(out, ref.lrn_reference(x, size, 0.9, 0.75, 123.0, "within"))  # k is ignored
+    lrn.lrn_within_forward(x, size, 0.9, beta, out, scale)
+    close(out, ref.lrn_reference(x, size, 0.9, beta, 123.0, "within"))  # k is ignored
     # odd size: the border divisor is still size*size (padding counts as zeros)
     xp = np.pad(x.astype(np.float64) ** 2, ((0, 0), (0, 0), ((size - 1) // 2,) * 2,
                                              ((size - 1) // 2,) * 2))
@@ -390,7 +395,7 @@ def test_eltwise_k_inputs(n):
     xs = [rng.integers(-2, 3, n).astype(np.float32) for _ in range(4)]  # ties on purpose
     coeff = [1.0, -0.5, 2.0, 0.25]
     out = np.zeros(n, np.float32)
-    for x, c in zip(xs, coeff):
+    for x, c in zip(xs, coeff, strict=True):
         ew.eltwise_sum(out, x, c)
     close(out, ref.eltwise_reference(xs, "SUM", coeff)[0])
 
@@ -414,7 +419,8 @@ def test_eltwise_k_inputs(n):
 # ---------------------------------------------------------------- normalization, softmax
 
 
-@pytest.mark.parametrize("shape", [pytest.param((2, 3, 4), id="tiny"), (4, 16, 49)])
+@pytest.mark.parametrize("shape", [pytest.param((2, 3, 4), id="tiny"), (4, 16, 49),
+                                   pytest.param((4, 32, 300), id="parallel-path")])
 def test_batchnorm_by_mean_var_and_affine(shape):
     rng = np.random.default_rng(12)
     x = rand(rng, *shape, scale=3.0) + np.float32(5.0)
@@ -436,7 +442,8 @@ def test_batchnorm_by_mean_var_and_affine(shape):
 @pytest.mark.parametrize("eps", [1e-9, 0.5])  # 0.5 tells sqrt(var) + eps from sqrt(var + eps)
 @pytest.mark.parametrize("normalize_variance", [1, 0])
 @pytest.mark.parametrize("across", [False, True], ids=["per-channel", "across"])
-@pytest.mark.parametrize("shape", [pytest.param((2, 3, 2, 2), id="tiny"), (3, 4, 7, 9)])
+@pytest.mark.parametrize("shape", [pytest.param((2, 3, 2, 2), id="tiny"), (3, 4, 7, 9),
+                                   pytest.param((2, 8, 48, 48), id="parallel-path")])
 def test_mvn(shape, across, normalize_variance, eps):
     rng = np.random.default_rng(13)
     x = rand(rng, *shape, scale=2.0) + np.float32(1.0)
@@ -453,7 +460,7 @@ def test_mvn(shape, across, normalize_variance, eps):
 
 
 @pytest.mark.parametrize("shape", [pytest.param((2, 3, 1), id="tiny"), (3, 1000, 1),
-                                   (2, 21, 1100), (1, 1, 5)])
+                                   pytest.param((2, 21, 1100), id="parallel-path"), (1, 1, 5)])
 def test_softmax(shape):
     rng = np.random.default_rng(14)
     x = rand(rng, *shape, scale=5.0)

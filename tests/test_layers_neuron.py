@@ -6,6 +6,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -168,6 +169,11 @@ def test_dropout_test_phase_is_identity():
     lay = neuron("Dropout", "dropout_param { dropout_ratio: 0.3 }")
     (y,) = run_layer(lay, [x])
     np.testing.assert_array_equal(y, x)
+    assert lay.shares_data                      # the planner may alias top and bottom
+    bottoms, tops = wired(lay)
+    tops[0].share_data(bottoms[0])
+    lay.forward(bottoms, tops)
+    np.testing.assert_array_equal(tops[0].data, x)
     inplace = neuron("Dropout", top="x")
     (y,) = run_layer(inplace, [x], in_place=True)
     np.testing.assert_array_equal(y, x)
@@ -183,6 +189,7 @@ def test_dropout_train_statistics_and_scaling(ratio):
     np.testing.assert_allclose(y[kept], 1.0 / (1.0 - ratio), rtol=1e-6)
     assert abs(y.mean() - 1.0) < 0.03                      # inverted dropout keeps the mean
     np.testing.assert_array_equal(lay.mask, kept)          # kept for backward
+    assert not lay.shares_data
     assert lay.scale == pytest.approx(1.0 / (1.0 - ratio))
 
 
@@ -220,13 +227,25 @@ def test_dropout_ratio_errors(ratio):
 
 
 def test_shape_only_use_does_not_import_numba():
-    code = ("import sys\n"
-            "from layer_harness import make_layer, infer_shapes\n"
-            "for t in ['ReLU', 'PReLU', 'Dropout', 'Sigmoid', 'Clip']:\n"
-            "    lay = make_layer('layer { name: \"a\" type: \"%s\" bottom: \"x\" top: \"y\" '\n"
-            "                     'clip_param { min: 0 max: 1 } }' % t)\n"
-            "    infer_shapes(lay, [(1, 2, 3)])\n"
-            "assert 'numba' not in sys.modules\n")
+    """Shape inference of the neuron, structure, loss and data families never
+    imports Numba (summary and draw stay fast)."""
+    code = textwrap.dedent("""
+        import sys
+        from layer_harness import make_layer, infer_shapes
+        cases = [("ReLU", 1, ""), ("PReLU", 1, ""), ("Dropout", 1, ""),
+                 ("Clip", 1, "clip_param { min: 0 max: 1 }"), ("Softmax", 1, ""),
+                 ("Eltwise", 2, ""), ("Concat", 2, ""), ("ArgMax", 1, ""),
+                 ("SoftmaxWithLoss", 2, ""), ("Accuracy", 2, ""),
+                 ("Input", 0, "input_param { shape { dim: 2 dim: 3 } }")]
+        shapes = {0: [], 1: [(2, 3)], 2: [(2, 3), (2, 3)]}
+        for type_, n, params in cases:
+            bottoms = " ".join('bottom: "b%d"' % i for i in range(n))
+            lay = make_layer('layer { name: "a" type: "%s" %s top: "y" %s }'
+                             % (type_, bottoms, params))
+            labelled = type_ in ("SoftmaxWithLoss", "Accuracy")
+            infer_shapes(lay, [(2, 3), (2,)] if labelled else shapes[n])
+        assert "numba" not in sys.modules, "numba was imported"
+    """)
     here = pathlib.Path(__file__).resolve().parent
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here), str(here.parent)])}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)

@@ -47,7 +47,6 @@ def files(tmp_path):
 @pytest.fixture
 def netdef(monkeypatch, capsys):
     """Run the real CLI with ``run`` registered; returns (code, stdout, stderr)."""
-    monkeypatch.setitem(cli.COMMANDS, "run", (run.setup_run, run.cmd_run, "classify images"))
 
     def call(*argv):
         code = cli.main(["run", *map(str, argv)])

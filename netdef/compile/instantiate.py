@@ -7,6 +7,7 @@ share one Blob object between bottom and top, and parameter blobs named in
 """
 from __future__ import annotations
 
+import pathlib
 from dataclasses import dataclass, field
 
 from netdef.blob import Blob
@@ -76,6 +77,11 @@ def instantiate(graph: Graph, input_shapes: dict[str, tuple] | None = None,
     blobs: dict[str, Blob] = {}
     inst = Instance(graph, [], blobs)
     param_owners: dict[str, tuple[str, int, Blob]] = {}
+    # Files named by layers (image lists, Python modules) are looked up
+    # beside the prototxt too, as Caffe users expect when running elsewhere.
+    search_path = None
+    if graph.filename and not graph.filename.startswith("<"):
+        search_path = str(pathlib.Path(graph.filename).resolve().parent)
     for node in graph.nodes:
         try:
             layer = create_layer(node.param, graph.phase, node.where)
@@ -85,6 +91,8 @@ def instantiate(graph: Graph, input_shapes: dict[str, tuple] | None = None,
             inst.errors.append(err)
             _mark_unknown(inst, node, f"layer '{node.name}' could not be created")
             continue
+        if hasattr(layer, "search_path"):
+            layer.search_path = search_path
         bottoms = [blobs[b] for b in node.bottoms]
         tops = []
         for k, t in enumerate(node.tops):
@@ -104,16 +112,26 @@ def instantiate(graph: Graph, input_shapes: dict[str, tuple] | None = None,
             _override_source_shapes(step, input_shapes)
             _share_params(inst, step, param_owners)
         except UnknownShape as why:
-            if node.bottoms or not all(t in input_shapes for t in node.tops):
-                _mark_unknown(inst, node, f"layer '{node.name}': {why}")
-            else:               # the user said what the unreadable source yields
-                _override_source_shapes(step, input_shapes)
+            _source_unknown(inst, step, input_shapes, f"layer '{node.name}': {why}")
         except NetdefError as err:
             if not collect_errors:
                 raise
             inst.errors.append(err)
             _mark_unknown(inst, node, f"layer '{node.name}' failed")
     return inst
+
+
+def _source_unknown(inst: Instance, step: Step, input_shapes: dict, reason: str) -> None:
+    """A layer could not infer its tops. For a source layer (no bottoms), tops
+    named in ``input_shapes`` take the user's shape, and tops the layer did
+    shape before giving up (a data layer's label) stay known."""
+    if step.bottoms:
+        _mark_unknown(inst, step.node, reason)
+        return
+    _override_source_shapes(step, input_shapes)
+    for top in step.tops:
+        if top.name not in input_shapes and top.shape == ():
+            inst.unknown[top.name] = reason
 
 
 def _mark_unknown(inst: Instance, node: Node, reason: str) -> None:

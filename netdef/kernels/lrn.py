@@ -18,40 +18,85 @@ Caffe's pooling output one row and column short, so the layer must reject it.
 ``x`` (neighbours are read after the centre is written).
 
 Dtypes: x/out/scale/top_diff/bottom_diff float32 4-D C-contiguous; size an
-int (int64); alpha, beta, k Python floats (float64).
+int (int64); alpha, beta, k Python floats (float64).  Parallel (from
+PARALLEL_MIN_WORK elements) over N*H rows across channels, over N*C planes
+within.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from netdef.kernels._jit import parallel_kernel, prange
+from netdef.kernels._jit import PARALLEL_MIN_WORK, kernel, parallel_kernel, prange
 
 
-@parallel_kernel
-def lrn_across_forward(x, size, alpha, beta, k, out, scale):
-    """Cross-channel LRN of x (N, C, H, W) into out and scale.  Parallel over N*H rows."""
-    n_img, n_ch, height, width = x.shape
+@kernel
+def _pow_neg_beta(s, nb, three_quarters):
+    """s ** nb (nb = -beta).  beta = 0.75, the default and the value in every
+    published LRN net, is 1/sqrt(s*sqrt(s)): ~35x faster than powf because
+    sqrt vectorises, and within 2 ulp."""
+    if three_quarters:
+        return np.float32(1.0) / np.sqrt(s * np.sqrt(s))
+    return s ** nb
+
+
+@kernel
+def _across_row(x, n, h, size, alpha, beta, k, out, scale):
+    n_ch, width = x.shape[1], x.shape[3]
     pre = (size - 1) // 2
     a = np.float32(alpha / size)
     kk = np.float32(k)
     nb = np.float32(-beta)
-    for p in prange(n_img * height):
-        n = p // height
-        h = p % height
-        for c in range(n_ch):
-            lo = max(c - pre, 0)
-            hi = min(c + size - pre, n_ch)
-            # scale's own row doubles as the accumulator: no temporary
+    fast = beta == 0.75
+    for c in range(n_ch):
+        lo = max(c - pre, 0)
+        hi = min(c + size - pre, n_ch)
+        # scale's own row doubles as the accumulator: no temporary
+        for w in range(width):
+            scale[n, c, h, w] = 0.0
+        for cc in range(lo, hi):
             for w in range(width):
-                scale[n, c, h, w] = 0.0
-            for cc in range(lo, hi):
-                for w in range(width):
-                    v = x[n, cc, h, w]
-                    scale[n, c, h, w] += v * v
+                v = x[n, cc, h, w]
+                scale[n, c, h, w] += v * v
+        for w in range(width):
+            s = kk + a * scale[n, c, h, w]
+            scale[n, c, h, w] = s
+            out[n, c, h, w] = x[n, c, h, w] * _pow_neg_beta(s, nb, fast)
+
+
+@parallel_kernel
+def lrn_across_forward(x, size, alpha, beta, k, out, scale):
+    """Cross-channel LRN of x (N, C, H, W) into out and scale."""
+    height = x.shape[2]
+    rows = x.shape[0] * height
+    if x.size * size < PARALLEL_MIN_WORK:
+        for p in range(rows):
+            _across_row(x, p // height, p % height, size, alpha, beta, k, out, scale)
+    else:
+        for p in prange(rows):
+            _across_row(x, p // height, p % height, size, alpha, beta, k, out, scale)
+
+
+@kernel
+def _across_back_row(x, out, scale, top_diff, n, h, size, alpha, beta, bottom_diff):
+    n_ch, width = x.shape[1], x.shape[3]
+    pre = (size - 1) // 2
+    coef = np.float32(2.0 * alpha * beta / size)
+    nb = np.float32(-beta)
+    fast = beta == 0.75
+    for c in range(n_ch):
+        # c lies in the window of c' for c' in [c - (size - 1 - pre), c + pre]
+        lo = max(c - (size - 1 - pre), 0)
+        hi = min(c + pre + 1, n_ch)
+        for w in range(width):
+            bottom_diff[n, c, h, w] = 0.0
+        for cc in range(lo, hi):
             for w in range(width):
-                s = kk + a * scale[n, c, h, w]
-                scale[n, c, h, w] = s
-                out[n, c, h, w] = x[n, c, h, w] * s ** nb
+                bottom_diff[n, c, h, w] += (top_diff[n, cc, h, w] * out[n, cc, h, w]
+                                            / scale[n, cc, h, w])
+        for w in range(width):
+            bottom_diff[n, c, h, w] = (
+                top_diff[n, c, h, w] * _pow_neg_beta(scale[n, c, h, w], nb, fast)
+                - coef * x[n, c, h, w] * bottom_diff[n, c, h, w])
 
 
 @parallel_kernel
@@ -61,57 +106,55 @@ def lrn_across_backward(x, out, scale, top_diff, size, alpha, beta, bottom_diff)
     dx_c = dy_c * scale_c^-beta
            - 2 alpha beta / size * x_c * sum_{c' whose window holds c} dy_c' * y_c' / scale_c'
     """
-    n_img, n_ch, height, width = x.shape
-    pre = (size - 1) // 2
-    coef = np.float32(2.0 * alpha * beta / size)
+    height = x.shape[2]
+    rows = x.shape[0] * height
+    if x.size * size < PARALLEL_MIN_WORK:
+        for p in range(rows):
+            _across_back_row(x, out, scale, top_diff, p // height, p % height, size, alpha,
+                             beta, bottom_diff)
+    else:
+        for p in prange(rows):
+            _across_back_row(x, out, scale, top_diff, p // height, p % height, size, alpha,
+                             beta, bottom_diff)
+
+
+@kernel
+def _within_plane(x, n, c, size, alpha, beta, out, scale):
+    height, width = x.shape[2], x.shape[3]
+    pad = (size - 1) // 2
+    a = np.float32(alpha)
     nb = np.float32(-beta)
-    for p in prange(n_img * height):
-        n = p // height
-        h = p % height
-        for c in range(n_ch):
-            # c lies in the window of c' for c' in [c - (size - 1 - pre), c + pre]
-            lo = max(c - (size - 1 - pre), 0)
-            hi = min(c + pre + 1, n_ch)
-            for w in range(width):
-                bottom_diff[n, c, h, w] = 0.0
-            for cc in range(lo, hi):
-                for w in range(width):
-                    bottom_diff[n, c, h, w] += (top_diff[n, cc, h, w] * out[n, cc, h, w]
-                                                / scale[n, cc, h, w])
-            for w in range(width):
-                bottom_diff[n, c, h, w] = (
-                    top_diff[n, c, h, w] * scale[n, c, h, w] ** nb
-                    - coef * x[n, c, h, w] * bottom_diff[n, c, h, w])
+    fast = beta == 0.75
+    for h in range(height):
+        hs = h - pad
+        he = min(hs + size, height + pad)
+        rows = he - hs
+        hs = max(hs, 0)
+        he = min(he, height)
+        for w in range(width):
+            ws = w - pad
+            we = min(ws + size, width + pad)
+            pool_size = np.float32(rows * (we - ws))
+            ws = max(ws, 0)
+            we = min(we, width)
+            acc = np.float32(0.0)
+            for hh in range(hs, he):
+                for ww in range(ws, we):
+                    v = x[n, c, hh, ww]
+                    acc += v * v
+            s = np.float32(1.0) + a * (acc / pool_size)
+            scale[n, c, h, w] = s
+            out[n, c, h, w] = x[n, c, h, w] * _pow_neg_beta(s, nb, fast)
 
 
 @parallel_kernel
 def lrn_within_forward(x, size, alpha, beta, out, scale):
-    """Within-channel LRN of x (N, C, H, W); ``size`` must be odd.  Parallel over N*C planes."""
-    n_img, n_ch, height, width = x.shape
-    pad = (size - 1) // 2
-    a = np.float32(alpha)
-    nb = np.float32(-beta)
-    one = np.float32(1.0)
-    for p in prange(n_img * n_ch):
-        n = p // n_ch
-        c = p % n_ch
-        for h in range(height):
-            hs = h - pad
-            he = min(hs + size, height + pad)
-            rows = he - hs
-            hs = max(hs, 0)
-            he = min(he, height)
-            for w in range(width):
-                ws = w - pad
-                we = min(ws + size, width + pad)
-                pool_size = np.float32(rows * (we - ws))
-                ws = max(ws, 0)
-                we = min(we, width)
-                acc = np.float32(0.0)
-                for hh in range(hs, he):
-                    for ww in range(ws, we):
-                        v = x[n, c, hh, ww]
-                        acc += v * v
-                s = one + a * (acc / pool_size)
-                scale[n, c, h, w] = s
-                out[n, c, h, w] = x[n, c, h, w] * s ** nb
+    """Within-channel LRN of x (N, C, H, W); ``size`` must be odd."""
+    n_ch = x.shape[1]
+    planes = x.shape[0] * n_ch
+    if x.size * size * size < PARALLEL_MIN_WORK:
+        for p in range(planes):
+            _within_plane(x, p // n_ch, p % n_ch, size, alpha, beta, out, scale)
+    else:
+        for p in prange(planes):
+            _within_plane(x, p // n_ch, p % n_ch, size, alpha, beta, out, scale)

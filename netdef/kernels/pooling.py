@@ -15,17 +15,40 @@ overhang of a ceil-mode window beyond it.
 
 Dtypes: x/out/top_diff/bottom_diff float32 4-D C-contiguous, argmax int64
 4-D C-contiguous, geometry arguments Python ints (int64).  Every kernel is
-parallel over the N*C planes.
+parallel over the N*C planes (for blobs of PARALLEL_MIN_WORK elements or more).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from netdef.kernels._jit import parallel_kernel, prange
+from netdef.kernels._jit import PARALLEL_MIN_WORK, kernel, parallel_kernel, prange
 
 # Caffe seeds the running maximum with -FLT_MAX (not -inf), so a window of
 # only -inf or NaN yields -FLT_MAX with argmax -1.
 _FLT_LOWEST = np.float32(-3.4028234663852886e38)
+
+
+@kernel
+def _max_plane(x, n, c, kh, kw, sh, sw, ph, pw, out, argmax):
+    height, width = x.shape[2], x.shape[3]
+    for oh in range(out.shape[2]):
+        hs = oh * sh - ph
+        he = min(hs + kh, height)
+        hs = max(hs, 0)
+        for ow in range(out.shape[3]):
+            ws = ow * sw - pw
+            we = min(ws + kw, width)
+            ws = max(ws, 0)
+            best = _FLT_LOWEST
+            where = -1
+            for h in range(hs, he):
+                for w in range(ws, we):
+                    v = x[n, c, h, w]
+                    if v > best:
+                        best = v
+                        where = h * width + w
+            out[n, c, oh, ow] = best
+            argmax[n, c, oh, ow] = where
 
 
 @parallel_kernel
@@ -34,29 +57,27 @@ def max_pool_forward(x, kh, kw, sh, sw, ph, pw, out, argmax):
 
     Ties keep the first maximum in row-major scan order (strict ``>``).
     """
-    n_img, n_ch, height, width = x.shape
-    out_h, out_w = out.shape[2], out.shape[3]
-    for p in prange(n_img * n_ch):
-        n = p // n_ch
-        c = p % n_ch
-        for oh in range(out_h):
-            hs = oh * sh - ph
-            he = min(hs + kh, height)
-            hs = max(hs, 0)
-            for ow in range(out_w):
-                ws = ow * sw - pw
-                we = min(ws + kw, width)
-                ws = max(ws, 0)
-                best = _FLT_LOWEST
-                where = -1
-                for h in range(hs, he):
-                    for w in range(ws, we):
-                        v = x[n, c, h, w]
-                        if v > best:
-                            best = v
-                            where = h * width + w
-                out[n, c, oh, ow] = best
-                argmax[n, c, oh, ow] = where
+    n_ch = x.shape[1]
+    planes = x.shape[0] * n_ch
+    if x.size < PARALLEL_MIN_WORK:
+        for p in range(planes):
+            _max_plane(x, p // n_ch, p % n_ch, kh, kw, sh, sw, ph, pw, out, argmax)
+    else:
+        for p in prange(planes):
+            _max_plane(x, p // n_ch, p % n_ch, kh, kw, sh, sw, ph, pw, out, argmax)
+
+
+@kernel
+def _max_back_plane(top_diff, argmax, n, c, bottom_diff):
+    width = bottom_diff.shape[3]
+    for h in range(bottom_diff.shape[2]):
+        for w in range(width):
+            bottom_diff[n, c, h, w] = 0.0
+    for oh in range(top_diff.shape[2]):
+        for ow in range(top_diff.shape[3]):
+            where = argmax[n, c, oh, ow]
+            if where >= 0:
+                bottom_diff[n, c, where // width, where % width] += top_diff[n, c, oh, ow]
 
 
 @parallel_kernel
@@ -66,71 +87,82 @@ def max_pool_backward(top_diff, argmax, bottom_diff):
     An argmax of -1 (a window without any number above -FLT_MAX) routes
     nothing; Caffe would index out of bounds there.
     """
-    n_img, n_ch, height, width = bottom_diff.shape
-    out_h, out_w = top_diff.shape[2], top_diff.shape[3]
-    for p in prange(n_img * n_ch):
-        n = p // n_ch
-        c = p % n_ch
-        for h in range(height):
-            for w in range(width):
-                bottom_diff[n, c, h, w] = 0.0
-        for oh in range(out_h):
-            for ow in range(out_w):
-                where = argmax[n, c, oh, ow]
-                if where >= 0:
-                    bottom_diff[n, c, where // width, where % width] += top_diff[n, c, oh, ow]
+    n_ch = bottom_diff.shape[1]
+    planes = bottom_diff.shape[0] * n_ch
+    if bottom_diff.size < PARALLEL_MIN_WORK:
+        for p in range(planes):
+            _max_back_plane(top_diff, argmax, p // n_ch, p % n_ch, bottom_diff)
+    else:
+        for p in prange(planes):
+            _max_back_plane(top_diff, argmax, p // n_ch, p % n_ch, bottom_diff)
+
+
+@kernel
+def _ave_plane(x, n, c, kh, kw, sh, sw, ph, pw, out):
+    height, width = x.shape[2], x.shape[3]
+    for oh in range(out.shape[2]):
+        hs = oh * sh - ph
+        he = min(hs + kh, height + ph)
+        rows = he - hs
+        hs = max(hs, 0)
+        he = min(he, height)
+        for ow in range(out.shape[3]):
+            ws = ow * sw - pw
+            we = min(ws + kw, width + pw)
+            pool_size = rows * (we - ws)
+            ws = max(ws, 0)
+            we = min(we, width)
+            acc = 0.0  # float64: global pooling sums thousands of values
+            for h in range(hs, he):
+                for w in range(ws, we):
+                    acc += x[n, c, h, w]
+            out[n, c, oh, ow] = acc / pool_size
 
 
 @parallel_kernel
 def ave_pool_forward(x, kh, kw, sh, sw, ph, pw, out):
     """out[n,c,oh,ow] = sum of the clipped window / Caffe's pool_size."""
-    n_img, n_ch, height, width = x.shape
-    out_h, out_w = out.shape[2], out.shape[3]
-    for p in prange(n_img * n_ch):
-        n = p // n_ch
-        c = p % n_ch
-        for oh in range(out_h):
-            hs = oh * sh - ph
-            he = min(hs + kh, height + ph)
-            rows = he - hs
-            hs = max(hs, 0)
-            he = min(he, height)
-            for ow in range(out_w):
-                ws = ow * sw - pw
-                we = min(ws + kw, width + pw)
-                pool_size = rows * (we - ws)
-                ws = max(ws, 0)
-                we = min(we, width)
-                acc = 0.0  # float64: global pooling sums thousands of values
-                for h in range(hs, he):
-                    for w in range(ws, we):
-                        acc += x[n, c, h, w]
-                out[n, c, oh, ow] = acc / pool_size
+    n_ch = x.shape[1]
+    planes = x.shape[0] * n_ch
+    if x.size < PARALLEL_MIN_WORK:
+        for p in range(planes):
+            _ave_plane(x, p // n_ch, p % n_ch, kh, kw, sh, sw, ph, pw, out)
+    else:
+        for p in prange(planes):
+            _ave_plane(x, p // n_ch, p % n_ch, kh, kw, sh, sw, ph, pw, out)
+
+
+@kernel
+def _ave_back_plane(top_diff, n, c, kh, kw, sh, sw, ph, pw, bottom_diff):
+    height, width = bottom_diff.shape[2], bottom_diff.shape[3]
+    for h in range(height):
+        for w in range(width):
+            bottom_diff[n, c, h, w] = 0.0
+    for oh in range(top_diff.shape[2]):
+        hs = oh * sh - ph
+        he = min(hs + kh, height + ph)
+        rows = he - hs
+        hs = max(hs, 0)
+        he = min(he, height)
+        for ow in range(top_diff.shape[3]):
+            ws = ow * sw - pw
+            we = min(ws + kw, width + pw)
+            share = top_diff[n, c, oh, ow] / np.float32(rows * (we - ws))
+            ws = max(ws, 0)
+            we = min(we, width)
+            for h in range(hs, he):
+                for w in range(ws, we):
+                    bottom_diff[n, c, h, w] += share
 
 
 @parallel_kernel
 def ave_pool_backward(top_diff, kh, kw, sh, sw, ph, pw, bottom_diff):
     """bottom_diff (overwritten): each top gradient / pool_size spread over its window."""
-    n_img, n_ch, height, width = bottom_diff.shape
-    out_h, out_w = top_diff.shape[2], top_diff.shape[3]
-    for p in prange(n_img * n_ch):
-        n = p // n_ch
-        c = p % n_ch
-        for h in range(height):
-            for w in range(width):
-                bottom_diff[n, c, h, w] = 0.0
-        for oh in range(out_h):
-            hs = oh * sh - ph
-            he = min(hs + kh, height + ph)
-            rows = he - hs
-            hs = max(hs, 0)
-            he = min(he, height)
-            for ow in range(out_w):
-                ws = ow * sw - pw
-                we = min(ws + kw, width + pw)
-                share = top_diff[n, c, oh, ow] / np.float32(rows * (we - ws))
-                ws = max(ws, 0)
-                we = min(we, width)
-                for h in range(hs, he):
-                    for w in range(ws, we):
-                        bottom_diff[n, c, h, w] += share
+    n_ch = bottom_diff.shape[1]
+    planes = bottom_diff.shape[0] * n_ch
+    if bottom_diff.size < PARALLEL_MIN_WORK:
+        for p in range(planes):
+            _ave_back_plane(top_diff, p // n_ch, p % n_ch, kh, kw, sh, sw, ph, pw, bottom_diff)
+    else:
+        for p in prange(planes):
+            _ave_back_plane(top_diff, p // n_ch, p % n_ch, kh, kw, sh, sw, ph, pw, bottom_diff)

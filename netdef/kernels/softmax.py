@@ -12,37 +12,46 @@ from __future__ import annotations
 
 import numpy as np
 
-from netdef.kernels._jit import parallel_kernel, prange
+from netdef.kernels._jit import PARALLEL_MIN_WORK, kernel, parallel_kernel, prange
 
 _BLOCK = 512
+
+
+@kernel
+def _softmax_task(x3, o, j0, j1, out3):
+    n_ch = x3.shape[1]
+    # one small scratch row per task: first the running max, then the sum
+    tmp = np.empty(j1 - j0, np.float32)
+    for j in range(j0, j1):
+        tmp[j - j0] = x3[o, 0, j]
+    for c in range(1, n_ch):
+        for j in range(j0, j1):
+            v = x3[o, c, j]
+            t = tmp[j - j0]
+            tmp[j - j0] = v if v > t else t  # a select, not a branch: vectorises
+    for c in range(n_ch):
+        for j in range(j0, j1):
+            out3[o, c, j] = np.exp(x3[o, c, j] - tmp[j - j0])
+    for j in range(j0, j1):
+        tmp[j - j0] = 0.0
+    for c in range(n_ch):
+        for j in range(j0, j1):
+            tmp[j - j0] += out3[o, c, j]
+    for c in range(n_ch):
+        for j in range(j0, j1):
+            out3[o, c, j] /= tmp[j - j0]
 
 
 @parallel_kernel
 def softmax(x3, out3):
     """out3 = exp(x3 - max_c x3) / sum_c exp(x3 - max_c x3), over axis 1."""
-    outer, n_ch, inner = x3.shape
+    outer, inner = x3.shape[0], x3.shape[2]
     nblk = (inner + _BLOCK - 1) // _BLOCK
-    for p in prange(outer * nblk):
-        o = p // nblk
-        j0 = (p % nblk) * _BLOCK
-        j1 = min(j0 + _BLOCK, inner)
-        # one small scratch row per task: first the running max, then the sum
-        tmp = np.empty(j1 - j0, np.float32)
-        for j in range(j0, j1):
-            tmp[j - j0] = x3[o, 0, j]
-        for c in range(1, n_ch):
-            for j in range(j0, j1):
-                v = x3[o, c, j]
-                if v > tmp[j - j0]:
-                    tmp[j - j0] = v
-        for c in range(n_ch):
-            for j in range(j0, j1):
-                out3[o, c, j] = np.exp(x3[o, c, j] - tmp[j - j0])
-        for j in range(j0, j1):
-            tmp[j - j0] = 0.0
-        for c in range(n_ch):
-            for j in range(j0, j1):
-                tmp[j - j0] += out3[o, c, j]
-        for c in range(n_ch):
-            for j in range(j0, j1):
-                out3[o, c, j] /= tmp[j - j0]
+    if x3.size < PARALLEL_MIN_WORK:
+        for p in range(outer * nblk):
+            j0 = (p % nblk) * _BLOCK
+            _softmax_task(x3, p // nblk, j0, min(j0 + _BLOCK, inner), out3)
+    else:
+        for p in prange(outer * nblk):
+            j0 = (p % nblk) * _BLOCK
+            _softmax_task(x3, p // nblk, j0, min(j0 + _BLOCK, inner), out3)

@@ -32,6 +32,12 @@ def _split(shape, axis: int) -> tuple[int, int, int]:
     return math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:])
 
 
+def _scratch(arr, shape) -> np.ndarray:
+    """``arr`` when it already has ``shape``, else a new float32 array (the
+    softmax probabilities are kept between forward and backward)."""
+    return arr if arr is not None and arr.shape == shape else np.empty(shape, np.float32)
+
+
 def _ones_after_first(shape) -> bool:
     """Caffe's legacy (N, 1, 1, 1) check: channels, height and width are 1."""
     return len(shape) <= 4 and all(d == 1 for d in shape[1:])
@@ -131,7 +137,7 @@ class SoftmaxWithLoss(LossLayer):
 
     def forward(self, bottoms, tops):
         x = bottoms[0].data
-        self.prob = np.empty(x.shape, np.float32)
+        self.prob = _scratch(getattr(self, "prob", None), x.shape)
         softmax_forward(x, self.prob, self.axis)
         labels, valid = self.read_labels(bottoms[1], (self.outer, self.inner), self.classes,
                                          self.ignore_label)
@@ -371,7 +377,7 @@ class InfogainLoss(LossLayer):
                              where=self.where)
         h = h.reshape(self.classes, self.classes)
         x = bottoms[0].data
-        self.prob = np.empty(x.shape, np.float32)
+        self.prob = _scratch(getattr(self, "prob", None), x.shape)
         softmax_forward(x, self.prob, self.axis)
         labels, valid = self.read_labels(bottoms[1], (self.outer, self.inner), self.classes,
                                          self.ignore_label)

@@ -265,7 +265,8 @@ class PReLU(NeuronLayer):
 
 @register("Dropout")
 class Dropout(NeuronLayer):
-    """TEST: y = x. TRAIN: y = x * m / (1 - ratio), m ~ Bernoulli(1 - ratio).
+    """TEST: y = x (no copy when in place or aliased, ``shares_data``).
+    TRAIN: y = x * m / (1 - ratio), m ~ Bernoulli(1 - ratio).
 
     Caffe's "inverted" dropout: the kept units are scaled up at training
     time so inference is the identity. The mask (bool, kept in ``mask``)
@@ -276,6 +277,8 @@ class Dropout(NeuronLayer):
     """
 
     def setup(self, bottoms, tops):
+        # At inference the top may simply alias the bottom (memory planner).
+        self.shares_data = self.phase != pb.TRAIN
         self.ratio = float(self.param.dropout_param.dropout_ratio)
         if not 0.0 <= self.ratio < 1.0:
             raise self.config_error(f"dropout_param.dropout_ratio must be in [0, 1), "
@@ -290,7 +293,8 @@ class Dropout(NeuronLayer):
     def forward(self, bottoms, tops):
         x, y = bottoms[0].data, tops[0].data
         if self.phase != pb.TRAIN:
-            if y is not x:                  # in place: nothing to copy
+            # in place or aliased by the planner: nothing to copy
+            if x.__array_interface__["data"][0] != y.__array_interface__["data"][0]:
                 y[...] = x
             return
         self.mask = self.rng.random(x.shape, dtype=np.float32) >= self.ratio

@@ -27,10 +27,9 @@ def _copy_unless_shared(src: np.ndarray, dst: np.ndarray) -> None:
         dst[...] = src.reshape(dst.shape)
 
 
-def _axis_param(layer: Layer, param, ndim: int) -> int:
+def _axis_param(layer: Layer, param, legacy: str, ndim: int) -> int:
     """Concat's and Slice's axis: ``axis`` (may be negative) or the legacy
-    non-negative ``*_dim``; giving both is an error, as in Caffe."""
-    legacy = "concat_dim" if param.DESCRIPTOR.name == "ConcatParameter" else "slice_dim"
+    non-negative ``legacy`` field; giving both is an error, as in Caffe."""
     if param.HasField(legacy):
         if param.HasField("axis"):
             raise layer.config_error(f"give either axis or {legacy}, not both")
@@ -59,7 +58,7 @@ class Concat(Layer):
 
     def reshape(self, bottoms, tops):
         first = bottoms[0].shape
-        self.axis = _axis_param(self, self.param.concat_param, len(first))
+        self.axis = _axis_param(self, self.param.concat_param, "concat_dim", len(first))
         for b in bottoms[1:]:
             same = len(b.shape) == len(first) and all(
                 d == e for i, (d, e) in enumerate(zip(b.shape, first, strict=True)) if i != self.axis)
@@ -88,7 +87,7 @@ class Slice(Layer):
     def reshape(self, bottoms, tops):
         shape = bottoms[0].shape
         p = self.param.slice_param
-        self.axis = _axis_param(self, p, len(shape))
+        self.axis = _axis_param(self, p, "slice_dim", len(shape))
         dim, n = shape[self.axis], len(tops)
         points = list(p.slice_point)
         if points:
