@@ -23,7 +23,7 @@ from netdef.compile.instantiate import Instance, instantiate
 from netdef.compile.plan import Plan, build_plan
 from netdef.errors import InputError, NetdefError, did_you_mean
 from netdef.graph import build_graph
-from netdef.schema import PHASE_NAMES, phase_value
+from netdef.schema import PHASE_NAMES, TEST, phase_value
 
 
 class Net:
@@ -103,8 +103,18 @@ class Net:
         raise NetdefError("backward is not available yet: training arrives in a later release")
 
     def reshape(self) -> None:
-        """Re-infer shapes from the current input blob shapes (pycaffe's reshape)."""
+        """Re-infer shapes from the current input blob shapes (pycaffe's reshape).
+
+        Also rebuilds the plan, so parameters edited in place are picked up
+        by an optimized (fused) plan.
+        """
+        self._current_plan = None
         self._plan()
+
+    @property
+    def plan_log(self) -> list[str]:
+        """What the compiler did for the current input shapes (fusion, memory)."""
+        return list(self._plan().log)
 
     # ---- weights ----------------------------------------------------------
     def copy_from(self, path, strict: bool = False, quiet: bool = False):
@@ -188,7 +198,8 @@ class Net:
             raise NetdefError(f"cannot run net '{self.name}': the shape of '{blob}' is unknown "
                               f"({why})")
         old = self._current_plan.arena if self._current_plan is not None else None
-        self._current_plan = build_plan(self._inst, reuse=self.optimize,
+        fuse = self.optimize and self.phase == TEST
+        self._current_plan = build_plan(self._inst, reuse=self.optimize, fuse=fuse,
                                         keep_names=self._keep, arena=old)
         self._plan_key = key
         return self._current_plan

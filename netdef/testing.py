@@ -49,7 +49,8 @@ def _batchnorm(blobs, rng) -> None:
 
 
 def _scale(blobs, rng) -> None:
-    blobs[0].data = rng.uniform(0.5, 1.5, blobs[0].shape).astype(np.float32)
+    # Below 1 on average: residual nets add branches up, stage after stage.
+    blobs[0].data = rng.uniform(0.2, 0.6, blobs[0].shape).astype(np.float32)
     for b in blobs[1:]:
         b.data = (rng.standard_normal(b.shape) * 0.1).astype(np.float32)
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from netdef.compile.fuse import fuse_for_inference
 from netdef.compile.instantiate import Instance, Step
 from netdef.compile.memory import MemoryPlan, plan_memory
 
@@ -39,15 +40,22 @@ class Plan:
             timings[step.name] = timings.get(step.name, 0.0) + clock() - t0
 
 
-def build_plan(inst: Instance, *, reuse: bool, keep_names=(), arena: np.ndarray | None = None) -> Plan:
-    """Bind storage for every activation of ``inst`` and fix the schedule."""
+def build_plan(inst: Instance, *, reuse: bool, fuse: bool = False, keep_names=(),
+               arena: np.ndarray | None = None) -> Plan:
+    """Bind storage for every activation of ``inst`` and fix the schedule.
+
+    ``fuse`` folds BatchNorm/Scale/ReLU into convolutions (inference only).
+    """
+    log: list[str] = []
     steps = list(inst.steps)
+    kept_names = set(inst.graph.outputs) | set(keep_names)
+    if fuse:
+        steps = fuse_for_inference(steps, kept_names, log)
     external = {id(inst.blobs[name]) for name in _fed_blobs(inst)}
-    keep = {id(inst.blobs[n]) for n in list(inst.graph.outputs) + list(keep_names)
-            if n in inst.blobs}
+    keep = {id(inst.blobs[n]) for n in kept_names if n in inst.blobs}
     memory = plan_memory(steps, external, keep, reuse=reuse)
     arena = memory.bind(arena)
-    return Plan(steps, memory, arena, list(memory.log))
+    return Plan(steps, memory, arena, log + memory.log)
 
 
 def _fed_blobs(inst: Instance) -> list[str]:

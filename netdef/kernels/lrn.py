@@ -10,9 +10,10 @@ WITHIN_CHANNEL (Caffe builds it from square -> average pooling with kernel
 ``size``, stride 1, pad ``pre`` -> power -> product): scale is
 ``1 + alpha * avepool(x^2)`` with pooling's ``pool_size`` divisor, and k is
 not used.  For odd sizes (the only sizes Caffe's LRN accepts) the divisor is
-``size*size`` everywhere, borders included: the window's end never exceeds
-``H + pre`` there, so the padding counts as zeros.  An even size would make
-Caffe's pooling output one row and column short, so the layer must reject it.
+``size*size`` everywhere, borders included: a window ends at h + pre + 1,
+never past ``H + pre``, so the padding counts as zeros.  An even size would
+make Caffe's pooling output one row and column short (Caffe rejects it), so
+the layer must reject it too.
 
 ``scale`` is an output, kept for the backward pass.  ``out`` must not alias
 ``x`` (neighbours are read after the centre is written).

@@ -1,0 +1,139 @@
+"""Inference-only fusion: fold BatchNorm/Scale into the convolution before
+them and apply a following ReLU while the convolution's output is hot.
+
+    conv -> BatchNorm(global stats) -> Scale -> ReLU
+
+becomes one step computing relu(W' * x + b') with, per output channel c,
+a[c] x + b[c] being the composed per-channel affine map of the BatchNorm
+and Scale layers, W' = a W and b' = a bias + b. The user's parameters are
+untouched: the folded copies live in the plan, which is rebuilt whenever
+weights are loaded (``Net.copy_from``) or ``Net.reshape`` is called.
+
+Only plans for TEST-phase nets fuse (training needs BatchNorm's batch
+statistics), and never across a blob the caller wants to read. Set
+NETDEF_NO_FUSE=1 to switch fusion off when bisecting a numerical difference.
+"""
+from __future__ import annotations
+
+import copy
+import os
+
+import numpy as np
+
+from netdef.blob import Blob
+from netdef.compile.instantiate import Step
+from netdef.graph import Node
+
+
+class FusedConvolution:
+    """A Convolution run with folded weights, optionally followed by ReLU."""
+
+    shares_data = False
+    kind = "conv"
+
+    def __init__(self, conv, weight: np.ndarray, bias: np.ndarray, relu_slope, names):
+        self.conv = copy.copy(conv)           # shares geometry and column buffer
+        self.conv.blobs = [Blob(weight.shape), Blob(bias.shape)]
+        self.conv.blobs[0].data = weight
+        self.conv.blobs[1].data = bias
+        self.conv.bias_term = True
+        self.relu_slope = relu_slope
+        self.name = "+".join(names)
+        self.type = "Convolution"
+        self.blobs = []
+
+    def forward(self, bottoms, tops):
+        self.conv.forward(bottoms, tops)
+        if self.relu_slope is not None:
+            from netdef.kernels.elementwise import relu
+
+            for top in tops:
+                relu(top.data, self.relu_slope, top.data)
+
+
+def _affine_of(step: Step, channels: int):
+    """(a, b) per channel if ``step`` is a foldable BatchNorm/Scale, else None."""
+    layer = step.layer
+    if len(step.bottoms) != 1 or len(step.tops) != 1:
+        return None
+    if layer.type == "BatchNorm":
+        if not getattr(layer, "use_global_stats", False):
+            return None
+        mean, var = layer.blobs[0].data.ravel(), layer.blobs[1].data.ravel()
+        factor = float(layer.blobs[2].data.ravel()[0])
+        factor = 0.0 if factor == 0 else 1.0 / factor
+        inv_std = 1.0 / np.sqrt(var.astype(np.float64) * factor + layer.eps)
+        return inv_std, -mean.astype(np.float64) * factor * inv_std
+    if layer.type == "Scale" and len(layer.blobs) >= 1:
+        gamma = layer.blobs[0].data
+        if gamma.shape != (channels,) or layer.param.scale_param.axis not in (1, -3):
+            return None
+        beta = layer.blobs[1].data if layer.bias_term else np.zeros(channels)
+        return gamma.astype(np.float64), beta.astype(np.float64)
+    return None
+
+
+def fuse_for_inference(steps: list[Step], protected: set[str], log: list[str]) -> list[Step]:
+    """Return a new schedule with conv/BN/Scale/ReLU chains folded."""
+    if os.environ.get("NETDEF_NO_FUSE") == "1":
+        log.append("fuse: off (NETDEF_NO_FUSE=1)")
+        return steps
+    # Readers per blob *version*: an in-place chain rewrites one Blob object,
+    # so what matters is who reads what a given step wrote.
+    writer: dict[int, int] = {}
+    readers: dict[tuple[int, int], int] = {}
+    for k, step in enumerate(steps):
+        for b in step.bottoms:
+            key = (id(b), writer.get(id(b), -1))
+            readers[key] = readers.get(key, 0) + 1
+        for t in step.tops:
+            writer[id(t)] = k
+    out: list[Step] = []
+    i, folded, relus = 0, 0, 0
+    while i < len(steps):
+        step = steps[i]
+        if step.layer.type != "Convolution" or len(step.tops) != 1 or len(step.bottoms) != 1:
+            out.append(step)
+            i += 1
+            continue
+        conv = step.layer
+        channels = conv.num_output
+        a, b = np.ones(channels), np.zeros(channels)
+        chain, top, j, relu_slope = [step], step.tops[0], i + 1, None
+        while j < len(steps):
+            nxt = steps[j]
+            if (len(nxt.bottoms) != 1 or nxt.bottoms[0] is not top
+                    or readers.get((id(top), j - 1)) != 1 or top.name in protected):
+                break
+            if nxt.layer.type == "ReLU":
+                relu_slope = float(nxt.layer.param.relu_param.negative_slope)
+                chain.append(nxt)
+                top = nxt.tops[0]
+                j += 1
+                break
+            affine = _affine_of(nxt, channels)
+            if affine is None:
+                break
+            a, b = affine[0] * a, affine[0] * b + affine[1]
+            chain.append(nxt)
+            top = nxt.tops[0]
+            j += 1
+        if len(chain) == 1:
+            out.append(step)
+            i += 1
+            continue
+        w = conv.blobs[0].data.astype(np.float64)
+        bias = conv.blobs[1].data.astype(np.float64) if conv.bias_term else np.zeros(channels)
+        weight = (w * a.reshape((-1,) + (1,) * (w.ndim - 1))).astype(np.float32)
+        new_bias = (bias * a + b).astype(np.float32)
+        names = [s.name for s in chain]
+        fused = FusedConvolution(conv, weight, new_bias, relu_slope, names)
+        node = Node(fused.name, "Convolution", list(step.node.bottoms), [top.name],
+                    step.node.param, step.node.where)
+        out.append(Step(node, fused, list(step.bottoms), [top]))
+        folded += sum(s.layer.type != "ReLU" for s in chain[1:])
+        relus += relu_slope is not None
+        i = j
+    log.append(f"fuse: folded {folded} BatchNorm/Scale layers into convolutions, "
+               f"{relus} ReLUs applied in the convolution step")
+    return out
