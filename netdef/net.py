@@ -146,18 +146,22 @@ class Net:
 
     # ---- internals ---------------------------------------------------------
     def _init_params(self, seed: int) -> None:
-        from netdef.fillers import fill, make_rng
+        from netdef.fillers import make_rng
 
-        rng = make_rng(seed)
-        seen: set[int] = set()
+        self._rng = make_rng(seed)
+        self._filled: set[int] = set()
         for step in self._inst.steps:
-            layer = step.layer
-            for blob, filler in zip(layer.blobs, layer.fillers):
-                if id(blob) in seen:
-                    continue               # a shared parameter is filled once
-                seen.add(id(blob))
-                blob.data = fill(blob.shape, filler, rng,
-                                 where=f"layer '{layer.name}' ({layer.type})")
+            self._fill(step.layer, self._rng)
+
+    def _fill(self, layer, rng) -> None:
+        from netdef.fillers import fill
+
+        for blob, filler in zip(layer.blobs, layer.fillers):
+            if id(blob) in self._filled:
+                continue                   # a shared parameter is filled once
+            self._filled.add(id(blob))
+            blob.data = fill(blob.shape, filler, rng,
+                             where=f"layer '{layer.name}' ({layer.type})")
 
     def _default_input(self) -> str:
         fed = self._fed_names()
@@ -191,7 +195,8 @@ class Net:
         if self._current_plan is not None and key == self._plan_key:
             return self._current_plan
         if key != self._inferred_key:
-            self._inst.reshape()
+            for step in self._inst.reshape():          # layers set up only now
+                self._fill(step.layer, self._rng)
             self._inferred_key = key
         if self._inst.unknown:
             blob, why = next(iter(self._inst.unknown.items()))

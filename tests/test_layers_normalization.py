@@ -241,3 +241,16 @@ def test_mvn_default_eps_and_2d_bottom():
     (y,) = run_layer(lay, [x])
     ref = (x - x.mean(1, keepdims=True)) / (x.std(1, keepdims=True) + 1e-9)
     np.testing.assert_allclose(y, ref, rtol=RTOL, atol=1e-4)
+
+
+def test_normalization_kernels_compile_one_signature():
+    x = rand(2, 3, 4, 5)
+    for lay in (layer("BatchNorm"), layer("BatchNorm", phase="TRAIN"), layer("Scale"),
+                layer("Bias"), layer("MVN")):
+        run_layer(lay, [x])
+    from netdef.kernels import compiled_signatures
+
+    sigs = compiled_signatures()
+    for name in ("normalization.channel_affine", "normalization.channel_mean_var",
+                 "normalization.mvn_forward"):
+        assert len(sigs[name]) == 1, (name, sigs[name])

@@ -399,3 +399,20 @@ def test_pooling_enum_defaults():
     lay = pool("kernel_size: 2")
     infer_shapes(lay, [(1, 1, 4, 4)])
     assert lay.method == pb.PoolingParameter.MAX and lay.ceil_mode
+
+
+def test_vision_kernels_compile_one_signature():
+    """Layers pass the kernels' documented dtypes (Python ints/floats, float32
+    C-contiguous arrays), so no kernel compiles a second signature."""
+    x = rand(2, 4, 9, 8)
+    for lay in (conv("num_output: 4 kernel_size: 3 stride: 2 pad: 1 dilation: 2"),
+                layer("Deconvolution", "convolution_param { num_output: 2 kernel_size: 2 }"),
+                pool("pool: MAX kernel_size: 3 stride: 2"), pool("pool: AVE kernel_size: 2"),
+                layer("LRN"), layer("LRN", "lrn_param { norm_region: WITHIN_CHANNEL }")):
+        run_layer(lay, [x])
+    from netdef.kernels import compiled_signatures
+
+    sigs = compiled_signatures()
+    for name in ("im2col.im2col", "im2col.col2im", "pooling.max_pool_forward",
+                 "pooling.ave_pool_forward", "lrn.lrn_across_forward", "lrn.lrn_within_forward"):
+        assert len(sigs[name]) == 1, (name, sigs[name])

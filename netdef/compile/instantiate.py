@@ -24,6 +24,8 @@ class Step:
     bottoms: list[Blob]
     tops: list[Blob]
 
+    ready: bool = True        # False while setup waits for a bottom's shape
+
     @property
     def name(self) -> str:
         return self.node.name
@@ -39,6 +41,7 @@ class Instance:
     unknown: dict[str, str] = field(default_factory=dict)   # blob -> why its shape is unknown
     errors: list[NetdefError] = field(default_factory=list)  # collected with collect_errors
     shared: dict[tuple[str, int], tuple[str, int]] = field(default_factory=dict)
+    _param_owners: dict = field(default_factory=dict, repr=False)
 
     @property
     def layers(self) -> list[Layer]:
@@ -54,13 +57,35 @@ class Instance:
         """Parameter blobs by layer name (pycaffe's ``net.params``)."""
         return {s.name: s.layer.blobs for s in self.steps if s.layer.blobs}
 
-    def reshape(self, input_shapes: dict[str, tuple] | None = None) -> None:
-        """Re-run shape inference after the input shapes changed."""
+    def reshape(self) -> list[Step]:
+        """Re-run shape inference after the input shapes changed.
+
+        Layers that could not be set up before (an input without a shape)
+        are set up now; they are returned, so the caller can fill their
+        new parameter blobs.
+        """
+        self.unknown.clear()
+        newly: list[Step] = []
         for step in self.steps:
-            layer = step.layer
-            layer.remember_bottoms(step.bottoms)
-            layer.reshape(step.bottoms, step.tops)
-            _override_source_shapes(step, input_shapes)
+            missing = [b.name for b in step.bottoms if b.name in self.unknown]
+            if missing:
+                _mark_unknown(self, step.node, self.unknown[missing[0]])
+                continue
+            if step.ready:
+                step.layer.remember_bottoms(step.bottoms)
+                step.layer.reshape(step.bottoms, step.tops)
+            elif not step.bottoms and all(t.shape for t in step.tops):
+                step.ready = True              # a source whose tops the user shaped
+            else:
+                try:
+                    step.layer.layer_setup(step.bottoms, step.tops)
+                except UnknownShape as why:
+                    _mark_unknown(self, step.node, f"layer '{step.name}': {why}")
+                    continue
+                _share_params(self, step, self._param_owners)
+                step.ready = True
+                newly.append(step)
+        return newly
 
 
 def instantiate(graph: Graph, input_shapes: dict[str, tuple] | None = None,
@@ -76,7 +101,7 @@ def instantiate(graph: Graph, input_shapes: dict[str, tuple] | None = None,
     _check_override_names(graph, input_shapes)
     blobs: dict[str, Blob] = {}
     inst = Instance(graph, [], blobs)
-    param_owners: dict[str, tuple[str, int, Blob]] = {}
+    param_owners: dict[str, tuple[str, int, Blob]] = inst._param_owners
     # Files named by layers (image lists, Python modules) are looked up
     # beside the prototxt too, as Caffe users expect when running elsewhere.
     search_path = None
@@ -105,6 +130,7 @@ def instantiate(graph: Graph, input_shapes: dict[str, tuple] | None = None,
         inst.steps.append(step)
         missing = [b for b in node.bottoms if b in inst.unknown]
         if missing:
+            step.ready = False
             _mark_unknown(inst, node, inst.unknown[missing[0]])
             continue
         try:
@@ -112,10 +138,12 @@ def instantiate(graph: Graph, input_shapes: dict[str, tuple] | None = None,
             _override_source_shapes(step, input_shapes)
             _share_params(inst, step, param_owners)
         except UnknownShape as why:
+            step.ready = False
             _source_unknown(inst, step, input_shapes, f"layer '{node.name}': {why}")
         except NetdefError as err:
             if not collect_errors:
                 raise
+            step.ready = False
             inst.errors.append(err)
             _mark_unknown(inst, node, f"layer '{node.name}' failed")
     return inst

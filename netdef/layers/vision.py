@@ -173,12 +173,12 @@ class _ConvBase(Layer):
             self._col = np.empty((rows, cols), np.float32)
         return self._col
 
-    def add_bias(self, y3: np.ndarray) -> None:
-        """y3 (num, num_output, spatial) += bias per channel."""
+    def add_bias(self, y: np.ndarray) -> None:
+        """y (..., num_output, spatial) += bias per channel: one image right after
+        its GEMM (still in cache), or a whole batch."""
         if self.bias_term:
             b = self.blobs[1].data.reshape(self.num_output, 1)
-            for yn in y3:   # image by image, while the GEMM result is still in cache
-                np.add(yn, b, out=yn)
+            np.add(y, b, out=y)
 
 
 @register("Convolution")
@@ -210,15 +210,16 @@ class Convolution(_ConvBase):
             if win.is_1x1:
                 # all images in one call; matmul broadcasts the weights over them
                 np.matmul(w, x.reshape(num, g, kdim, h * wd), out=y)
-            else:
-                from netdef.kernels.im2col import im2col
+                self.add_bias(y.reshape(num, self.num_output, oh * ow))
+                continue
+            from netdef.kernels.im2col import im2col
 
-                col = self.column_buffer(g * kdim, oh * ow)
-                cols = col.reshape(g, kdim, oh * ow)
-                for n in range(num):
-                    im2col(x[n], *win.args(), oh, ow, col)
-                    np.matmul(w, cols, out=y[n])
-            self.add_bias(y.reshape(num, self.num_output, oh * ow))
+            col = self.column_buffer(g * kdim, oh * ow)
+            cols = col.reshape(g, kdim, oh * ow)
+            for n in range(num):
+                im2col(x[n], *win.args(), oh, ow, col)
+                np.matmul(w, cols, out=y[n])
+                self.add_bias(y[n].reshape(self.num_output, oh * ow))
 
     def macs(self, bottoms, tops):
         win = self.win
@@ -255,15 +256,16 @@ class Deconvolution(_ConvBase):
             y = top.data.reshape(num, m, oh, ow)
             if win.is_1x1:
                 np.matmul(wt, x, out=y.reshape(num, g, rows, oh * ow))
-            else:
-                from netdef.kernels.im2col import col2im
+                self.add_bias(y.reshape(num, m, oh * ow))
+                continue
+            from netdef.kernels.im2col import col2im
 
-                col = self.column_buffer(g * rows, h * wd)
-                cols = col.reshape(g, rows, h * wd)
-                for n in range(num):
-                    np.matmul(wt, x[n], out=cols)
-                    col2im(col, m, oh, ow, *win.args(), h, wd, y[n])
-            self.add_bias(y.reshape(num, m, oh * ow))
+            col = self.column_buffer(g * rows, h * wd)
+            cols = col.reshape(g, rows, h * wd)
+            for n in range(num):
+                np.matmul(wt, x[n], out=cols)
+                col2im(col, m, oh, ow, *win.args(), h, wd, y[n])
+                self.add_bias(y[n].reshape(m, oh * ow))
 
     def macs(self, bottoms, tops):
         win = self.win
