@@ -61,6 +61,8 @@ def _gaussian(rng, shape, mean, std) -> np.ndarray:
 
 
 def _constant(shape, count, p, rng, where):
+    if p.value == 0:
+        return np.zeros(shape, dtype=np.float32)   # calloc: pages appear on first touch
     return np.full(shape, p.value, dtype=np.float32)
 
 

@@ -44,10 +44,11 @@ class Net:
         self._plan_key = None
         self._inferred_key = self._shape_key()
         self.load_report = None
-        self._init_params(seed)
         self.random_weights = True
+        self._filled: set[int] = set()     # ids of parameter blobs holding values
         if weights is not None:
             self.copy_from(weights, strict=strict)
+        self._init_params(seed)            # only what the weights did not cover
 
     # ---- pycaffe surface ----------------------------------------------
     @property
@@ -129,6 +130,7 @@ class Net:
         for name, arrays in report.arrays.items():
             for blob, arr in zip(params[name], arrays):
                 blob.data = np.ascontiguousarray(arr, dtype=DTYPE).reshape(blob.shape)
+                self._filled.add(id(blob))
         if not quiet:
             for line in report.warnings:
                 self._log(f"warning: {line}")
@@ -149,7 +151,6 @@ class Net:
         from netdef.fillers import make_rng
 
         self._rng = make_rng(seed)
-        self._filled: set[int] = set()
         for step in self._inst.steps:
             self._fill(step.layer, self._rng)
 

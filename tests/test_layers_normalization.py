@@ -1,6 +1,8 @@
 """BatchNorm, Scale, Bias and MVN against tests/reference.py."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from layer_harness import fill_params, infer_shapes, make_layer, run_layer, wired
@@ -243,6 +245,8 @@ def test_mvn_default_eps_and_2d_bottom():
     np.testing.assert_allclose(y, ref, rtol=RTOL, atol=1e-4)
 
 
+@pytest.mark.skipif(os.environ.get("NUMBA_DISABLE_JIT", "0") != "0",
+                    reason="no compiled signatures without the JIT")
 def test_normalization_kernels_compile_one_signature():
     x = rand(2, 3, 4, 5)
     for lay in (layer("BatchNorm"), layer("BatchNorm", phase="TRAIN"), layer("Scale"),

@@ -1,6 +1,8 @@
 """Convolution, Deconvolution, Im2col, Pooling and LRN against tests/reference.py."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from layer_harness import fill_params, infer_shapes, make_layer, run_layer, wired
@@ -401,6 +403,8 @@ def test_pooling_enum_defaults():
     assert lay.method == pb.PoolingParameter.MAX and lay.ceil_mode
 
 
+@pytest.mark.skipif(os.environ.get("NUMBA_DISABLE_JIT", "0") != "0",
+                    reason="no compiled signatures without the JIT")
 def test_vision_kernels_compile_one_signature():
     """Layers pass the kernels' documented dtypes (Python ints/floats, float32
     C-contiguous arrays), so no kernel compiles a second signature."""

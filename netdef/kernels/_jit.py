@@ -29,7 +29,13 @@ kernel's own module: editing that module invalidates its cache entries.
 """
 from __future__ import annotations
 
-from numba import njit, prange  # noqa: F401  (prange re-exported for the kernel modules)
+import os
+
+# Idle OpenMP workers must sleep, not spin (see netdef/__init__.py, which
+# normally sets this first; repeated here for direct kernel imports).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from numba import njit, prange  # noqa: E402,F401  (prange re-exported for kernel modules)
 
 FASTMATH = frozenset({"contract", "reassoc", "arcp", "nsz"})
 

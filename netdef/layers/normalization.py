@@ -67,8 +67,8 @@ class BatchNorm(Layer):
         if self.use_global_stats:
             factor = float(self.blobs[2].data.reshape(-1)[0])
             factor = 0.0 if factor == 0 else 1.0 / factor
-            np.multiply(self.blobs[0].data, factor, out=mean)
-            np.multiply(self.blobs[1].data, factor, out=var)
+            np.multiply(self.blobs[0].data.reshape(-1), factor, out=mean)
+            np.multiply(self.blobs[1].data.reshape(-1), factor, out=var)
         else:
             channel_mean_var(x3, mean, var)
             self._update_moving_averages(mean, var)
@@ -82,7 +82,7 @@ class BatchNorm(Layer):
     def _update_moving_averages(self, mean, var):
         m = self.outer * self.inner
         correction = m / (m - 1) if m > 1 else 1.0
-        mean_sum, var_sum, factor = (b.data for b in self.blobs[:3])
+        mean_sum, var_sum, factor = (b.data.reshape(-1) for b in self.blobs[:3])
         factor *= self.maf
         factor += 1.0
         mean_sum *= self.maf
