@@ -58,7 +58,7 @@ def setup_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print a JSON list instead of text")
     p.add_argument("--save-blob", action="append", default=[], metavar="NAME=FILE.npy",
                    help="save a blob for all images as .npy; repeat for several")
-    p.add_argument("--threads", type=int, metavar="N", help="numba (and BLAS, with threadpoolctl) threads")
+    p.add_argument("--threads", type=int, metavar="N", help="threads for kernels and BLAS (default: all cores)")
     p.add_argument("--raw-scale", type=float, default=255.0, metavar="S",
                    help="multiply [0,1] pixels by this (default: 255)")
     p.add_argument("--channel-swap", type=_ints, metavar="2,1,0",
@@ -282,20 +282,15 @@ def save_npy(path, arr: np.ndarray) -> None:
 
 
 def set_threads(n: int) -> None:
-    """Numba's thread count, and BLAS's when threadpoolctl is installed."""
+    """Use ``n`` threads in Numba kernels and in BLAS."""
     import numba
+    from threadpoolctl import threadpool_limits
 
     if n < 1 or n > numba.config.NUMBA_NUM_THREADS:
         raise InputError(f"--threads {n}: choose 1 to {numba.config.NUMBA_NUM_THREADS}",
                          hint="NUMBA_NUM_THREADS caps it; set that variable to go higher")
     numba.set_num_threads(n)
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        _log("note: threadpoolctl is not installed, so BLAS threads are unchanged "
-             "(set OMP_NUM_THREADS before starting, or pip install threadpoolctl)")
-        return
-    threadpool_limits(n)
+    threadpool_limits(n)         # applies now, for the rest of the process
 
 
 class Progress:

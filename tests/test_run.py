@@ -183,10 +183,14 @@ def test_progress_bar_only_on_request(files, netdef):
 
 def test_threads(files, netdef):
     import numba
+    from threadpoolctl import threadpool_info, threadpool_limits
 
+    before = {i["internal_api"]: i["num_threads"] for i in threadpool_info()}
     code, _, err = netdef(files["net"], files["images"][0], "--threads", "1")
     assert code == 0 and numba.get_num_threads() == 1
+    assert {i["num_threads"] for i in threadpool_info()} == {1}     # BLAS too
     numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    threadpool_limits(before.get("openblas"), user_api="blas")
     code, _, err = netdef(files["net"], files["images"][0], "--threads", "100000")
     assert code == 2 and "--threads" in err
 
