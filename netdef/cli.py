@@ -197,6 +197,8 @@ def run_time(args) -> int:
         for name in net.inputs:
             net.blobs[name].reshape((args.batch,) + net.input_shape(name)[1:])
     report = time_net(net, args.iterations, progress=_progress("time"))
+    for line in net.plan_log:           # what the compiler did: fusion, memory saved
+        log(line)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:

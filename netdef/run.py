@@ -42,6 +42,10 @@ def setup_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("net", help="deploy prototxt (an Input layer or input: header)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any Pillow format)")
     p.add_argument("--weights", metavar="FILE", help=".caffemodel; without it the weights are RANDOM")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse a weight blob that fits only after a reshape")
+    p.add_argument("--verbose", action="store_true",
+                   help="report the weight loading layer by layer")
     p.add_argument("--labels", metavar="FILE", help="one label per line (default: $NETDEF_LABELS, then "
                    "zoo_defs/synset_words.txt for 1000 classes)")
     p.add_argument("--top-k", type=_positive, default=5, metavar="K", help="classes shown per image (default: 5)")
@@ -138,7 +142,12 @@ def _open_net(args, save_names):
     from netdef.net import Net
 
     keep = [n for n in [args.output_blob, *save_names] if n]
-    net = Net(args.net, weights=args.weights, phase="TEST", optimize=True, keep=keep, log=_log)
+    net = Net(args.net, weights=args.weights, phase="TEST", optimize=True, keep=keep, log=_log,
+              strict=args.strict)
+    if net.load_report is not None:
+        report = net.load_report.lines()
+        for line in report if args.verbose else report[-1:]:
+            _log(line.strip())
     if net.random_weights:
         _log("WARNING: no --weights given: all weights are RANDOM (seed 0), "
              "so the predictions below are MEANINGLESS")

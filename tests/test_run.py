@@ -229,3 +229,11 @@ def test_shared_images_through_caffenet(shared_models, netdef):
     rows = [ln for ln in out.splitlines() if not ln.startswith("image: ")]
     assert len(rows) == 6 and all(re.fullmatch(r"  \d\.\d{4}  n\d{8} .+", r) for r in rows)
     assert out.startswith("image: ") and out.endswith("cat_gray.jpg\n" + "\n".join(rows) + "\n")
+
+
+def test_weight_loading_is_reported(files, netdef):
+    code, _, err = netdef(files["net"], files["images"][0], "--weights", files["weights"])
+    assert code == 0 and "kept at init" in err and "RANDOM" not in err
+    code, _, err = netdef(files["net"], files["images"][0], "--weights", files["weights"],
+                          "--verbose")
+    assert code == 0 and "loaded (" in err
