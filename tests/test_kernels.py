@@ -185,6 +185,9 @@ def test_max_pool_forward_and_backward(n, c, h, w, k, s, p, ceil_mode):
     want, want_arg = ref.pool_reference(x, "max", k, s, p, ceil_mode, return_argmax=True)
     close(out, want, rtol=0, atol=0)
     np.testing.assert_array_equal(arg, want_arg)
+    values_only = np.empty_like(out)
+    pooling.max_pool_forward_values(x, *g, values_only)
+    close(values_only, want, rtol=0, atol=0)
 
     top = rand(rng, n, c, oh, ow)
     bottom = np.full((n, c, h, w), 5.0, np.float32)

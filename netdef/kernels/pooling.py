@@ -68,6 +68,40 @@ def max_pool_forward(x, kh, kw, sh, sw, ph, pw, out, argmax):
 
 
 @kernel
+def _max_plane_values(x, n, c, kh, kw, sh, sw, ph, pw, out):
+    height, width = x.shape[2], x.shape[3]
+    for oh in range(out.shape[2]):
+        hs = oh * sh - ph
+        he = min(hs + kh, height)
+        hs = max(hs, 0)
+        for ow in range(out.shape[3]):
+            ws = ow * sw - pw
+            we = min(ws + kw, width)
+            ws = max(ws, 0)
+            best = _FLT_LOWEST
+            for h in range(hs, he):
+                for w in range(ws, we):
+                    v = x[n, c, h, w]
+                    # a select, not a branch: same result as Caffe's strict >
+                    # (NaN never wins), and it vectorises
+                    best = v if v > best else best
+            out[n, c, oh, ow] = best
+
+
+@parallel_kernel
+def max_pool_forward_values(x, kh, kw, sh, sw, ph, pw, out):
+    """max_pool_forward without the argmax, for plans that never run backward."""
+    n_ch = x.shape[1]
+    planes = x.shape[0] * n_ch
+    if x.size < PARALLEL_MIN_WORK:
+        for p in range(planes):
+            _max_plane_values(x, p // n_ch, p % n_ch, kh, kw, sh, sw, ph, pw, out)
+    else:
+        for p in prange(planes):
+            _max_plane_values(x, p // n_ch, p % n_ch, kh, kw, sh, sw, ph, pw, out)
+
+
+@kernel
 def _max_back_plane(top_diff, argmax, n, c, bottom_diff):
     width = bottom_diff.shape[3]
     for h in range(bottom_diff.shape[2]):

@@ -392,12 +392,16 @@ class Pooling(Layer):
         self._forward(bottoms[0].data, tops)
 
     def _max(self, x, tops):
-        from netdef.kernels.pooling import max_pool_forward
+        from netdef.kernels.pooling import max_pool_forward, max_pool_forward_values
 
         out = tops[0].data
+        win = self.win
+        if self.phase == pb.TEST and len(tops) == 1:
+            # nothing will run backward through a TEST net: skip the argmax
+            max_pool_forward_values(x, win.kh, win.kw, win.sh, win.sw, win.ph, win.pw, out)
+            return
         if self._argmax is None or self._argmax.shape != out.shape:
             self._argmax = np.empty(out.shape, np.int64)
-        win = self.win
         max_pool_forward(x, win.kh, win.kw, win.sh, win.sw, win.ph, win.pw, out, self._argmax)
         if len(tops) > 1:
             tops[1].data[...] = self._argmax
