@@ -18,7 +18,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from netdef.blob import DTYPE, Blob
+from netdef.blob import DTYPE
 from netdef.compile.instantiate import Instance, instantiate
 from netdef.compile.plan import Plan, build_plan
 from netdef.errors import InputError, NetdefError, did_you_mean
@@ -27,6 +27,18 @@ from netdef.schema import PHASE_NAMES, TEST, phase_value
 
 
 class Net:
+    """A net ready to run: ``Net(prototxt, weights=None, phase="TEST")``.
+
+    ``prototxt`` is a path, prototxt text or a NetSource, in any Caffe
+    format (V0/V1 and ``input:`` headers are upgraded). Parameters come from
+    ``weights`` (a .caffemodel, copied by layer name) and otherwise from the
+    layers' fillers, seeded by ``seed``. ``input_shapes`` overrides input
+    shapes ({"data": (1, 3, 224, 224)}). ``optimize`` reuses activation
+    memory and, for TEST nets, folds BatchNorm/Scale/ReLU into convolutions;
+    blobs named in ``keep`` stay readable. ``strict`` refuses weight blobs
+    that fit only after a reshape.
+    """
+
     def __init__(self, net, weights=None, phase="TEST", *, seed: int = 0,
                  input_shapes: dict | None = None, level: int = 0, stages=(),
                  optimize: bool = False, keep=(), strict: bool = False,
@@ -109,7 +121,7 @@ class Net:
         Also rebuilds the plan, so parameters edited in place are picked up
         by an optimized (fused) plan.
         """
-        self._current_plan = None
+        self.params_changed()
         self._plan()
 
     @property
@@ -136,8 +148,13 @@ class Net:
                 self._log(f"warning: {line}")
         self.load_report = report
         self.random_weights = False
-        self._current_plan = None   # fused plans hold derived weights
+        self.params_changed()
         return report
+
+    def params_changed(self) -> None:
+        """Call after editing ``net.params[...]`` data in place: an optimized
+        plan holds BatchNorm/Scale folded into copies of the conv weights."""
+        self._current_plan = None
 
     def save(self, path) -> None:
         """Write the net and its weights as a .caffemodel (current format, atomic)."""
@@ -221,5 +238,3 @@ class Net:
         return (f"<netdef.Net '{self.name}' {PHASE_NAMES[self.phase]}: "
                 f"{len(self._inst.steps)} layers, inputs {self.inputs}, outputs {self.outputs}>")
 
-
-Blob = Blob  # re-exported for users: netdef.net.Blob

@@ -20,7 +20,7 @@ def randomize_weights(net, seed: int = 0) -> None:
         fill = _FILLS.get(layer_type, _fill_generic)
         fill(blobs, rng)
     net.random_weights = True
-    net._current_plan = None  # fused plans hold derived weights
+    net.params_changed()
 
 
 def _he(blobs, rng) -> None:
