@@ -535,3 +535,16 @@ def test_warmup_compiles_every_kernel_once():
         # every call in this file used the documented types: one signature each
         multi = {k: v for k, v in kernels.compiled_signatures().items() if len(v) != 1}
         assert not multi
+
+
+def test_max_pool_values_only_keeps_caffe_nan_rule():
+    # NaN never wins a window (Caffe's strict >); a window of only NaN gives -FLT_MAX.
+    x = np.array([[[[np.nan, 1.0, np.nan], [2.0, np.nan, 0.5], [np.nan, np.nan, np.nan]]]],
+                 np.float32)
+    out = np.empty((1, 1, 2, 2), np.float32)
+    arg = np.empty((1, 1, 2, 2), np.int64)
+    pooling.max_pool_forward_values(x, 2, 2, 1, 1, 0, 0, out)
+    want = np.empty_like(out)
+    pooling.max_pool_forward(x, 2, 2, 1, 1, 0, 0, want, arg)
+    np.testing.assert_array_equal(out, want)
+    assert out[0, 0, 0, 0] == 2.0 and out[0, 0, 1, 1] == 0.5

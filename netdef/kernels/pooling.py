@@ -68,24 +68,42 @@ def max_pool_forward(x, kh, kw, sh, sw, ph, pw, out, argmax):
 
 
 @kernel
+def _valid_range(size, out_size, stride, pad, offset):
+    """Outputs o in [lo, hi) whose tap o*stride - pad + offset is in [0, size)."""
+    lo = max(0, -((offset - pad) // stride))        # ceil((pad - offset) / stride)
+    hi = min(out_size, (size - 1 + pad - offset) // stride + 1)
+    return lo, max(lo, hi)
+
+
+@kernel
 def _max_plane_values(x, n, c, kh, kw, sh, sw, ph, pw, out):
+    # Max is separable: a pass along rows into ``rows`` and one down columns.
+    # Each pass loops over one window offset at a time with the output index
+    # innermost, so the inner loops are contiguous (stride 1) and vectorise.
+    # Windows clip exactly as Caffe's (taps in the padding are skipped), and
+    # the select keeps Caffe's strict > (NaN never wins).
     height, width = x.shape[2], x.shape[3]
-    for oh in range(out.shape[2]):
-        hs = oh * sh - ph
-        he = min(hs + kh, height)
-        hs = max(hs, 0)
-        for ow in range(out.shape[3]):
-            ws = ow * sw - pw
-            we = min(ws + kw, width)
-            ws = max(ws, 0)
-            best = _FLT_LOWEST
-            for h in range(hs, he):
-                for w in range(ws, we):
-                    v = x[n, c, h, w]
-                    # a select, not a branch: same result as Caffe's strict >
-                    # (NaN never wins), and it vectorises
-                    best = v if v > best else best
-            out[n, c, oh, ow] = best
+    out_h, out_w = out.shape[2], out.shape[3]
+    rows = np.empty((height, out_w), np.float32)
+    for h in range(height):
+        for ow in range(out_w):
+            rows[h, ow] = _FLT_LOWEST
+        for j in range(kw):
+            lo, hi = _valid_range(width, out_w, sw, pw, j)
+            start = lo * sw - pw + j
+            for ow in range(lo, hi):
+                v = x[n, c, h, start + (ow - lo) * sw]
+                rows[h, ow] = v if v > rows[h, ow] else rows[h, ow]
+    for oh in range(out_h):
+        for ow in range(out_w):
+            out[n, c, oh, ow] = _FLT_LOWEST
+    for i in range(kh):
+        lo, hi = _valid_range(height, out_h, sh, ph, i)
+        for oh in range(lo, hi):
+            h = oh * sh - ph + i
+            for ow in range(out_w):
+                v = rows[h, ow]
+                out[n, c, oh, ow] = v if v > out[n, c, oh, ow] else out[n, c, oh, ow]
 
 
 @parallel_kernel
