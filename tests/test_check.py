@@ -175,7 +175,8 @@ layer { name: "f" type: "Nonsense" bottom: "e" top: "f" }
 def test_all_wiring_errors_in_one_run():
     found = check(WIRING)
     assert [(f.severity, f.location) for f in found] == [
-        ("error", "<string>:3:1"), ("error", "<string>:4:1"), ("error", "<string>:7:1")]
+        ("error", "<string>:3:1"), ("error", "<string>:4:1"),
+        ("error", "<string>:7:19")]  # an unknown type points at its `type:` field
     assert "already produced" in found[0].message
     assert "cycle" in found[1].message
     assert "unknown layer type 'Nonsense'" in found[2].message

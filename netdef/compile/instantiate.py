@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from netdef.blob import Blob
 from netdef.errors import GraphError, NetdefError
 from netdef.graph import Graph, Node
-from netdef.layers.base import Layer, UnknownShape, create_layer, shape_text
+from netdef.layers.base import Layer, UnknownShape, create_layer, layer_class, shape_text
 from netdef.schema import pb
 
 
@@ -109,6 +109,7 @@ def instantiate(graph: Graph, input_shapes: dict[str, tuple] | None = None,
         search_path = str(pathlib.Path(graph.filename).resolve().parent)
     for node in graph.nodes:
         try:
+            layer_class(node.type, _field_where(graph, node, "type"), node.name)
             layer = create_layer(node.param, graph.phase, node.where)
         except NetdefError as err:
             if not collect_errors:
@@ -160,6 +161,14 @@ def _source_unknown(inst: Instance, step: Step, input_shapes: dict, reason: str)
     for top in step.tops:
         if top.name not in input_shapes and top.shape == ():
             inst.unknown[top.name] = reason
+
+
+def _field_where(graph: Graph, node: Node, *path):
+    """Where a field of the node's layer was written (its start if unknown)."""
+    source = graph.source
+    if source is None or node.source_index is None:
+        return node.where
+    return source.field_location(node.source_index, *path) or node.where
 
 
 def _mark_unknown(inst: Instance, node: Node, reason: str) -> None:
