@@ -221,6 +221,8 @@ class Net:
             raise NetdefError(f"cannot run net '{self.name}': the shape of '{blob}' is unknown "
                               f"({why})")
         old = self._current_plan.arena if self._current_plan is not None else None
+        # Fusion folds BatchNorm's stored statistics, which only a TEST net
+        # uses; memory reuse is sound for any forward-only plan.
         fuse = self.optimize and self.phase == TEST
         self._current_plan = build_plan(self._inst, reuse=self.optimize, fuse=fuse,
                                         keep_names=self._keep, arena=old)

@@ -10,6 +10,10 @@ bottom's buffer and extend its lifetime.
 
 Set NETDEF_NO_MEMORY_PLAN=1 to give every buffer its own memory (for
 bisecting numerical differences).
+
+Lifetimes here end at the last *forward* read, which is right for inference.
+A plan that will run backward must extend each lifetime to the blob's last
+use in backward (and give diffs their own buffers) before reusing memory.
 """
 from __future__ import annotations
 
