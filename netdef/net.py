@@ -182,16 +182,13 @@ class Net:
                              where=f"layer '{layer.name}' ({layer.type})")
 
     def _default_input(self) -> str:
-        fed = self._fed_names()
+        fed = self._inst.source_tops()
         if not fed:
             raise NetdefError(f"net '{self.name}' has no input blobs")
         return fed[0]
 
-    def _fed_names(self) -> list[str]:
-        return [t for s in self._inst.steps if not s.bottoms for t in s.node.tops]
-
     def _feed(self, name: str, value) -> None:
-        fed = self._fed_names()
+        fed = self._inst.source_tops()
         if name not in fed:
             raise InputError(f"'{name}' is not an input of net '{self.name}'",
                              hint=did_you_mean(name, fed) or f"inputs: {', '.join(fed)}")
@@ -205,7 +202,7 @@ class Net:
         blob.data = np.ascontiguousarray(arr)
 
     def _shape_key(self) -> tuple:
-        return tuple((n, self._inst.blobs[n].shape) for n in self._fed_names())
+        return tuple((n, self._inst.blobs[n].shape) for n in self._inst.source_tops())
 
     def _plan(self) -> Plan:
         """The plan for the current input shapes, re-planning when they changed."""

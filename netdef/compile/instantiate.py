@@ -53,6 +53,10 @@ class Instance:
                 return s
         raise KeyError(name)
 
+    def source_tops(self) -> list[str]:
+        """Tops of source layers (Input and data layers): the user fills them."""
+        return [t for s in self.steps if not s.bottoms for t in s.node.tops]
+
     def params(self) -> dict[str, list[Blob]]:
         """Parameter blobs by layer name (pycaffe's ``net.params``)."""
         return {s.name: s.layer.blobs for s in self.steps if s.layer.blobs}

@@ -51,13 +51,9 @@ def build_plan(inst: Instance, *, reuse: bool, fuse: bool = False, keep_names=()
     kept_names = set(inst.graph.outputs) | set(keep_names)
     if fuse:
         steps = fuse_for_inference(steps, kept_names, log)
-    external = {id(inst.blobs[name]) for name in _fed_blobs(inst)}
+    external = {id(inst.blobs[name]) for name in inst.source_tops()}
     keep = {id(inst.blobs[n]) for n in kept_names if n in inst.blobs}
     memory = plan_memory(steps, external, keep, reuse=reuse)
     arena = memory.bind(arena)
     return Plan(steps, memory, arena, log + memory.log)
 
-
-def _fed_blobs(inst: Instance) -> list[str]:
-    """Tops of source layers (Input, data layers): the user fills them."""
-    return [t for s in inst.steps if not s.bottoms for t in s.node.tops]

@@ -88,6 +88,21 @@ def _arity_ok(spec, n: int) -> bool:
     return n >= low and (high is None or n <= high)
 
 
+def filler_param(msg, field: str, **default) -> pb.FillerParameter:
+    """A copy of ``msg.<field>`` when it is set, else a FillerParameter with
+    ``default`` fields (no defaults: Caffe's unset filler, constant 0).
+
+    A copy, so that filling never aliases (or mutates) the layer's param.
+    """
+    filler = pb.FillerParameter()
+    if msg.HasField(field):
+        filler.CopyFrom(getattr(msg, field))
+    else:
+        for key, value in default.items():
+            setattr(filler, key, value)
+    return filler
+
+
 def shape_text(shape) -> str:
     return "(" + ", ".join(str(d) for d in shape) + ")"
 

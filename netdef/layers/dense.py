@@ -10,23 +10,7 @@ import math
 import numpy as np
 
 from netdef.errors import InputError
-from netdef.layers.base import Layer, register
-from netdef.schema import pb
-
-
-def filler_param(msg, field: str, **default) -> pb.FillerParameter:
-    """A copy of ``msg.<field>`` when it is set, else a FillerParameter with
-    ``default`` fields (no defaults: Caffe's unset filler, constant 0).
-
-    A copy, so that filling never aliases (or mutates) the layer's param.
-    """
-    filler = pb.FillerParameter()
-    if msg.HasField(field):
-        filler.CopyFrom(getattr(msg, field))
-    else:
-        for key, value in default.items():
-            setattr(filler, key, value)
-    return filler
+from netdef.layers.base import Layer, filler_param, register
 
 
 @register("InnerProduct")

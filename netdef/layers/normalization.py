@@ -9,8 +9,7 @@ import math
 
 import numpy as np
 
-from netdef.layers.base import Layer, register, shape_text
-from netdef.layers.dense import filler_param
+from netdef.layers.base import Layer, filler_param, register, shape_text
 from netdef.schema import pb
 
 

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from netdef.layers.base import Layer, register
-from netdef.layers.dense import filler_param
+from netdef.layers.base import Layer, filler_param, register
 from netdef.layers.geometry import conv_out_size, deconv_out_size, pool_out_size
 from netdef.schema import pb
 
