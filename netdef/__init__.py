@@ -17,8 +17,8 @@ _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 _EXPORTS = {
     "Net": "netdef.net",
     "summarize": "netdef.summary",
-    "read_net": "netdef.frontend",
-    "build_graph": "netdef.graph",
+    "read_net": "netdef.frontend.source",
+    "build_graph": "netdef.frontend.graph",
     "check": "netdef.check",
     "NetdefError": "netdef.errors",
 }

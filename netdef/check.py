@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 from netdef.compile.instantiate import Instance, instantiate
 from netdef.errors import GraphError, Location, NetdefError
-from netdef.graph import build_graph, layer_included, make_state
-from netdef.schema import PHASE_NAMES, pb, phase_value
+from netdef.frontend.graph import build_graph, layer_included, make_state
+from netdef.frontend.schema import PHASE_NAMES, pb, phase_value
 
 ERROR, WARNING = "error", "warning"
 
@@ -236,7 +236,7 @@ def check(net, phase=None, input_shapes=None, level: int = 0, stages=()) -> list
     TEST for a deploy net, which nobody trains); a finding that appears in
     only one of them says which.
     """
-    from netdef.frontend import NetSource, read_net
+    from netdef.frontend.source import NetSource, read_net
 
     try:
         source = net if isinstance(net, NetSource) else read_net(net)

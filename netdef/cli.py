@@ -129,7 +129,7 @@ def setup_upgrade(p: argparse.ArgumentParser) -> None:
 
 def run_upgrade(args) -> int:
     """Rewrite a V0/V1/input-header net in the current format."""
-    from netdef.frontend import upgrade_file
+    from netdef.frontend.source import upgrade_file
 
     for line in upgrade_file(args.old, args.new):
         log(line)
@@ -147,7 +147,7 @@ def setup_deploy(p: argparse.ArgumentParser) -> None:
 def run_deploy(args) -> int:
     """Derive a deploy net from a train_val net."""
     from netdef.deploy import make_deploy
-    from netdef.frontend import write_net
+    from netdef.frontend.source import write_net
 
     param = make_deploy(args.train_val, shapes_of(args), args.batch)
     write_net(param, args.deploy)
@@ -242,7 +242,7 @@ def setup_convert(p: argparse.ArgumentParser) -> None:
 
 def run_convert(args) -> int:
     """Convert a TensorFlow AlexNet-port .npy weight dict to a .caffemodel."""
-    from netdef.frontend import read_net
+    from netdef.frontend.source import read_net
     from netdef.io.convert import convert_npy_to_caffemodel
 
     fc_shape = None

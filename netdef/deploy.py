@@ -20,9 +20,9 @@ from google.protobuf.descriptor import FieldDescriptor
 
 from netdef.compile.instantiate import Instance
 from netdef.errors import GraphError, InputError
-from netdef.graph import Graph, Node, build_graph
+from netdef.frontend.graph import Graph, Node, build_graph
 from netdef.layers.base import layer_class
-from netdef.schema import pb
+from netdef.frontend.schema import pb
 from netdef.summary import analyze, load_source
 
 # Loss type -> the layer type that gives its probabilities, and the

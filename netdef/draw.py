@@ -27,7 +27,7 @@ import subprocess
 from dataclasses import dataclass, field
 
 from netdef.errors import NetdefError
-from netdef.schema import pb
+from netdef.frontend.schema import pb
 from netdef.summary import LayerSummary, NetSummary, human_count, summarize
 
 # ------------------------------------------------------------- styles ----

@@ -19,7 +19,7 @@ import math
 import numpy as np
 
 from netdef.errors import NetdefError, did_you_mean
-from netdef.schema import pb
+from netdef.frontend.schema import pb
 
 
 def make_rng(seed: int | None = None) -> np.random.Generator:

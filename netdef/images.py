@@ -364,7 +364,7 @@ class DataTransformer:
     """
 
     def __init__(self, param=None, phase="TEST", rng=None):
-        from netdef.schema import pb, phase_value
+        from netdef.frontend.schema import pb, phase_value
 
         param = param if param is not None else pb.TransformationParameter()
         self.phase = phase_value(phase)

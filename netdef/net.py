@@ -22,8 +22,8 @@ from netdef.blob import DTYPE
 from netdef.compile.instantiate import Instance, instantiate
 from netdef.compile.plan import Plan, build_plan
 from netdef.errors import InputError, NetdefError, did_you_mean
-from netdef.graph import build_graph
-from netdef.schema import PHASE_NAMES, TEST, phase_value
+from netdef.frontend.graph import build_graph
+from netdef.frontend.schema import PHASE_NAMES, TEST, phase_value
 
 
 class Net:
@@ -43,7 +43,7 @@ class Net:
                  input_shapes: dict | None = None, level: int = 0, stages=(),
                  optimize: bool = False, keep=(), strict: bool = False,
                  log=None):
-        from netdef.frontend import NetSource, read_net
+        from netdef.frontend.source import NetSource, read_net
 
         self.source = net if isinstance(net, NetSource) else read_net(net)
         self.phase = phase_value(phase)

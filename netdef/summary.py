@@ -14,7 +14,7 @@ import shutil
 from dataclasses import dataclass, field
 
 from netdef.compile.instantiate import Instance, instantiate
-from netdef.graph import Graph, build_graph
+from netdef.frontend.graph import Graph, build_graph
 
 BYTES_PER_VALUE = 4   # float32 everywhere
 
@@ -22,7 +22,7 @@ BYTES_PER_VALUE = 4   # float32 everywhere
 # ------------------------------------------------------------- loading ----
 def load_source(net):
     """A path, prototxt text or NetSource -> NetSource (a Graph is returned as is)."""
-    from netdef.frontend import NetSource, read_net
+    from netdef.frontend.source import NetSource, read_net
 
     if isinstance(net, (Graph, NetSource)):
         return net

@@ -20,7 +20,7 @@ import numpy as np
 
 from netdef.blob import Blob
 from netdef.layers.base import Layer, create_layer
-from netdef.schema import pb, phase_value
+from netdef.frontend.schema import pb, phase_value
 
 __all__ = ["fill_params", "infer_shapes", "make_layer", "run_layer", "wired"]
 
@@ -30,8 +30,8 @@ _WIRING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def _parse(text: str) -> pb.LayerParameter:
     text = text.strip()
     try:
-        from netdef.parse import parse_message
-    except ImportError:  # pragma: no cover - before netdef.parse existed
+        from netdef.frontend.parse import parse_message
+    except ImportError:  # pragma: no cover - before netdef.frontend.parse existed
         from google.protobuf import text_format
 
         def parse_message(t, cls):

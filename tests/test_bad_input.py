@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 
 from netdef.errors import Location, NetdefError, ParseError, UpgradeError
-from netdef.frontend import read_net, read_solver
-from netdef.parse import parse_message
-from netdef.schema import pb
+from netdef.frontend.source import read_net, read_solver
+from netdef.frontend.parse import parse_message
+from netdef.frontend.schema import pb
 
 FILE = "net.prototxt"
 

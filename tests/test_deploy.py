@@ -3,8 +3,8 @@ import pytest
 
 from netdef.deploy import make_deploy
 from netdef.errors import NetdefError
-from netdef.parse import to_text
-from netdef.schema import pb
+from netdef.frontend.parse import to_text
+from netdef.frontend.schema import pb
 from netdef.summary import summarize
 
 TRAIN_VAL = """

@@ -8,7 +8,7 @@ import pytest
 
 from netdef.errors import NetdefError
 from netdef.fillers import KNOWN_FILLERS, fill, make_rng
-from netdef.schema import pb
+from netdef.frontend.schema import pb
 
 FAN_IN, FAN_OUT, AVERAGE = (pb.FillerParameter.FAN_IN, pb.FillerParameter.FAN_OUT,
                             pb.FillerParameter.AVERAGE)

@@ -3,8 +3,8 @@ import pytest
 from google.protobuf import text_format
 
 from netdef.errors import GraphError
-from netdef.graph import build_graph, insert_splits, layer_included, make_state
-from netdef.schema import pb
+from netdef.frontend.graph import build_graph, insert_splits, layer_included, make_state
+from netdef.frontend.schema import pb
 
 
 def net(text: str) -> pb.NetParameter:

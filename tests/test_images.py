@@ -18,7 +18,7 @@ from netdef.images import (
     parse_mean,
     resize_image,
 )
-from netdef.schema import pb
+from netdef.frontend.schema import pb
 
 RGB = np.array([[[10, 20, 30], [40, 50, 60]],
                 [[70, 80, 90], [200, 210, 255]]], dtype=np.uint8)

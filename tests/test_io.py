@@ -35,7 +35,7 @@ from netdef.io.convert import (
     fc_input_shape_from_net,
     tf_alexnet_npy_to_caffe,
 )
-from netdef.schema import pb
+from netdef.frontend.schema import pb
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RNG = np.random.default_rng(1234)

@@ -11,7 +11,7 @@ from layer_harness import infer_shapes, make_layer, run_layer, wired
 from netdef.blob import Blob
 from netdef.errors import GraphError, NetdefError, ShapeError
 from netdef.layers.base import UnknownShape
-from netdef.schema import pb
+from netdef.frontend.schema import pb
 
 
 def source(type_, params="", tops=("data", "label"), name="data", phase="TEST"):

@@ -9,7 +9,7 @@ import pytest
 from layer_harness import infer_shapes, make_layer, run_layer
 
 from netdef.errors import GraphError, InputError, ShapeError
-from netdef.schema import pb
+from netdef.frontend.schema import pb
 
 LN2 = math.log(2.0)
 

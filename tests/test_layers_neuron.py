@@ -14,7 +14,7 @@ from layer_harness import fill_params, infer_shapes, make_layer, run_layer, wire
 
 from netdef.errors import GraphError, ShapeError
 from netdef.layers import create_layer
-from netdef.schema import pb
+from netdef.frontend.schema import pb
 
 
 def neuron(type_, params="", name="n", phase="TEST", bottom="x", top="y"):

@@ -17,7 +17,7 @@ from reference import (
 )
 
 from netdef.errors import GraphError, ShapeError
-from netdef.schema import pb
+from netdef.frontend.schema import pb
 
 RTOL, ATOL = 1e-4, 1e-5
 

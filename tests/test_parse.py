@@ -1,4 +1,4 @@
-"""netdef.parse: the prototxt reader, its source map and the writer."""
+"""netdef.frontend.parse: the prototxt reader, its source map and the writer."""
 from __future__ import annotations
 
 import math
@@ -8,8 +8,8 @@ from conftest import shared_prototxts
 from google.protobuf import text_format
 
 from netdef.errors import Location, ParseError
-from netdef.parse import SourceMap, parse_message, to_text
-from netdef.schema import pb
+from netdef.frontend.parse import SourceMap, parse_message, to_text
+from netdef.frontend.schema import pb
 
 
 def net(text: str) -> pb.NetParameter:

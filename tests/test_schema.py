@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from netdef.schema import layer_param_fields, pb
+from netdef.frontend.schema import layer_param_fields, pb
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -4,10 +4,10 @@ import pytest
 
 from conftest import shared_prototxts, zoo_prototxts
 from netdef.compile.instantiate import instantiate
-from netdef.frontend import read_net
-from netdef.graph import build_graph
-from netdef.parse import parse_message, to_text
-from netdef.schema import pb
+from netdef.frontend.source import read_net
+from netdef.frontend.graph import build_graph
+from netdef.frontend.parse import parse_message, to_text
+from netdef.frontend.schema import pb
 
 # Nets whose shapes depend on something absent here, and why.
 UNKNOWABLE = {

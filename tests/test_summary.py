@@ -5,8 +5,8 @@ import pytest
 from conftest import shared_prototxts, zoo_prototxts
 
 from netdef.errors import NetdefError
-from netdef.frontend import read_net
-from netdef.graph import build_graph
+from netdef.frontend.source import read_net
+from netdef.frontend.graph import build_graph
 from netdef.summary import (
     format_table,
     human_bytes,

@@ -1,13 +1,13 @@
-"""netdef.upgrade and netdef.frontend: legacy nets become current, locations survive."""
+"""netdef.frontend.upgrade and netdef.frontend: legacy nets become current, locations survive."""
 from __future__ import annotations
 
 import pytest
 
 from netdef.errors import Location, UpgradeError
-from netdef.frontend import NetSource, read_net, read_solver, upgrade_file, write_net
-from netdef.parse import parse_message, to_text
-from netdef.schema import pb
-from netdef.upgrade import (PASSES, SOLVER_TYPE_NAMES, V0_TYPES, V1_TYPE_NAMES, net_format,
+from netdef.frontend.source import NetSource, read_net, read_solver, upgrade_file, write_net
+from netdef.frontend.parse import parse_message, to_text
+from netdef.frontend.schema import pb
+from netdef.frontend.upgrade import (PASSES, SOLVER_TYPE_NAMES, V0_TYPES, V1_TYPE_NAMES, net_format,
                             upgrade_net, upgrade_solver)
 
 FIXTURES = "caffe_upgrade_proto_tests"
@@ -83,7 +83,7 @@ def test_every_v1_type_has_a_type_string():
 
 
 def test_every_v1_field_is_carried_over():
-    from netdef.upgrade import V1_PARAM_SPEC, _V1_SAME_NAME
+    from netdef.frontend.upgrade import V1_PARAM_SPEC, _V1_SAME_NAME
     layer_fields = pb.LayerParameter.DESCRIPTOR.fields_by_name
     for fd in pb.V1LayerParameter.DESCRIPTOR.fields:
         assert fd.name in V1_PARAM_SPEC or fd.name in ("type", "layer") or \
@@ -96,7 +96,7 @@ def test_every_v1_field_is_carried_over():
 
 
 def test_every_v0_field_has_a_valid_destination():
-    from netdef.upgrade import V0_FIELDS
+    from netdef.frontend.upgrade import V0_FIELDS
     v0_fields = {fd.name for fd in pb.V0LayerParameter.DESCRIPTOR.fields}
     for v0_name, routes in V0_FIELDS.items():
         assert v0_name in v0_fields

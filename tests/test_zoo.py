@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import pytest
 from google.protobuf import text_format
 
-from netdef.schema import pb
+from netdef.frontend.schema import pb
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ZOO = ROOT / "zoo_defs"

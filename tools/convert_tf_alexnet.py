@@ -22,10 +22,10 @@ try:
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from netdef import frontend  # noqa: E402
+from netdef.frontend import source as frontend  # noqa: E402
 from netdef.errors import NetdefError  # noqa: E402
 from netdef.io.convert import convert_npy_to_caffemodel  # noqa: E402
-from netdef.schema import pb  # noqa: E402
+from netdef.frontend.schema import pb  # noqa: E402
 
 
 def read_net(path: str) -> pb.NetParameter:

@@ -28,7 +28,7 @@ from collections import OrderedDict
 import numpy as np
 
 from netdef.compat import caffe_io as io  # noqa: F401  (caffe.io)
-from netdef.schema import pb
+from netdef.frontend.schema import pb
 
 TRAIN = pb.TRAIN
 TEST = pb.TEST

@@ -17,7 +17,7 @@ from netdef.errors import InputError
 from netdef.images import center_crop_offsets
 from netdef.images import load_image as _load_image
 from netdef.images import resize_image as _resize
-from netdef.schema import pb
+from netdef.frontend.schema import pb
 
 
 class CompatValueError(InputError, ValueError):

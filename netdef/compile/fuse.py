@@ -22,7 +22,7 @@ import numpy as np
 
 from netdef.blob import Blob
 from netdef.compile.instantiate import Step
-from netdef.graph import Node
+from netdef.frontend.graph import Node
 
 
 class FusedConvolution:

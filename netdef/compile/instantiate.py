@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 
 from netdef.blob import Blob
 from netdef.errors import GraphError, NetdefError
-from netdef.graph import Graph, Node
+from netdef.frontend.graph import Graph, Node
 from netdef.layers.base import Layer, UnknownShape, create_layer, layer_class, shape_text
-from netdef.schema import pb
+from netdef.frontend.schema import pb
 
 
 @dataclass

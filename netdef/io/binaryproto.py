@@ -15,7 +15,7 @@ from google.protobuf.message import DecodeError
 from netdef.errors import InputError, WeightsError
 from netdef.io.atomic import atomic_write
 from netdef.io.caffemodel import array_to_blob, blob_to_array
-from netdef.schema import pb
+from netdef.frontend.schema import pb
 
 _NPY_MAGIC = b"\x93NUMPY"
 

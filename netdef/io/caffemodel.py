@@ -27,7 +27,7 @@ from google.protobuf.message import DecodeError
 
 from netdef.errors import WeightsError, did_you_mean
 from netdef.io.atomic import atomic_open
-from netdef.schema import pb
+from netdef.frontend.schema import pb
 
 # Field numbers come from the schema rather than being retyped here.
 _BLOB_DATA = pb.BlobProto.DESCRIPTOR.fields_by_name["data"].number
@@ -142,9 +142,9 @@ def array_to_blob(arr, legacy: bool = False) -> pb.BlobProto:
 # ------------------------------------------------------------ layer types ---
 
 def _v1_type_names() -> dict[int, str]:
-    """V1 enum value -> current type string (netdef.upgrade's table if present)."""
+    """V1 enum value -> current type string (netdef.frontend.upgrade's table if present)."""
     try:
-        from netdef.upgrade import V1_TYPE_NAMES
+        from netdef.frontend.upgrade import V1_TYPE_NAMES
         return dict(V1_TYPE_NAMES)
     except ImportError:
         pass
@@ -159,10 +159,10 @@ def _v1_type_names() -> dict[int, str]:
 
 
 def _v0_type_name(v0_type: str, v1_names: dict[int, str]) -> str:
-    """A V0 type string ("conv") as today's type, via netdef.upgrade's V0 table;
+    """A V0 type string ("conv") as today's type, via netdef.frontend.upgrade's V0 table;
     the raw V0 string when that table is unavailable or lacks it."""
     try:
-        from netdef.upgrade import V0_TYPES
+        from netdef.frontend.upgrade import V0_TYPES
         enum = pb.V1LayerParameter.LayerType.Value(V0_TYPES[v0_type])
     except (ImportError, KeyError, ValueError):
         return v0_type
@@ -267,7 +267,7 @@ def write_caffemodel(path, net_param: pb.NetParameter,
     if len(net_param.layers):
         raise WeightsError("write_caffemodel needs a net in the current format "
                            "('layer' entries), got legacy V1 'layers'",
-                           where=os.fspath(path), hint="upgrade the net first (netdef.upgrade)")
+                           where=os.fspath(path), hint="upgrade the net first (netdef.frontend.upgrade)")
     names = {lp.name for lp in net_param.layer}
     unknown = [n for n in weights if n not in names]
     if unknown:

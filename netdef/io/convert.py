@@ -26,7 +26,7 @@ import numpy as np
 from netdef.errors import WeightsError, did_you_mean
 from netdef.io.caffemodel import write_caffemodel
 from netdef.io.npy_legacy import load_pickled_weight_dict
-from netdef.schema import pb
+from netdef.frontend.schema import pb
 
 
 def _conv_to_caffe(w: np.ndarray) -> np.ndarray:

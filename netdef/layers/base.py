@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from netdef.blob import Blob
 from netdef.errors import GraphError, Location, ShapeError, did_you_mean
-from netdef.schema import pb
+from netdef.frontend.schema import pb
 
 _REGISTRY: dict[str, type[Layer]] = {}
 

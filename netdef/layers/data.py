@@ -26,7 +26,7 @@ import sys
 from netdef.errors import NetdefError, ShapeError, did_you_mean
 from netdef.layers.base import Layer, UnknownShape, register
 from netdef.layers.neuron import layer_rng
-from netdef.schema import pb
+from netdef.frontend.schema import pb
 
 # Substrings of Caffe example source names and the (C, H, W) their databases
 # hold (before any crop). Checked in order, first match wins.

@@ -20,7 +20,7 @@ import numpy as np
 from netdef.errors import InputError
 from netdef.layers.base import Layer, register
 from netdef.layers.structure import softmax_forward
-from netdef.schema import pb
+from netdef.frontend.schema import pb
 
 FLT_MIN = float(np.finfo(np.float32).tiny)   # SoftmaxWithLoss: log(max(p, FLT_MIN))
 LOG_THRESHOLD = 1e-20                        # MultinomialLogistic/Infogain: log(max(p, 1e-20))

@@ -15,7 +15,7 @@ import zlib
 import numpy as np
 
 from netdef.layers.base import Layer, register
-from netdef.schema import pb
+from netdef.frontend.schema import pb
 
 
 def _apply(kernel, x: np.ndarray, out: np.ndarray, *args) -> None:

@@ -10,7 +10,7 @@ import math
 import numpy as np
 
 from netdef.layers.base import Layer, filler_param, register, shape_text
-from netdef.schema import pb
+from netdef.frontend.schema import pb
 
 
 @register("BatchNorm")

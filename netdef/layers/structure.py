@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from netdef.layers.base import Layer, register, shape_text
-from netdef.schema import pb
+from netdef.frontend.schema import pb
 
 
 def _same_buffer(a: np.ndarray, b: np.ndarray) -> bool:

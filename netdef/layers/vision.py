@@ -15,7 +15,7 @@ import numpy as np
 
 from netdef.layers.base import Layer, filler_param, register
 from netdef.layers.geometry import conv_out_size, deconv_out_size, pool_out_size
-from netdef.schema import pb
+from netdef.frontend.schema import pb
 
 _POOL = pb.PoolingParameter
 

@@ -13,9 +13,9 @@ import tempfile
 from dataclasses import dataclass, field
 
 from netdef.errors import Location, ParseError
-from netdef.parse import SourceMap, parse_message, to_text
-from netdef.schema import pb
-from netdef.upgrade import (DATA_PARAMS, V0_FIELDS, V1_PARAM_SPEC, Origin, upgrade_net,
+from netdef.frontend.parse import SourceMap, parse_message, to_text
+from netdef.frontend.schema import pb
+from netdef.frontend.upgrade import (DATA_PARAMS, V0_FIELDS, V1_PARAM_SPEC, Origin, upgrade_net,
                             upgrade_solver)
 
 __all__ = ["NetSource", "read_net", "read_solver", "write_net", "upgrade_file", "read_text"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from netdef.errors import GraphError, Location, did_you_mean
-from netdef.schema import PHASE_NAMES, pb, phase_value
+from netdef.frontend.schema import PHASE_NAMES, pb, phase_value
 
 
 @dataclass
@@ -265,7 +265,7 @@ def build_graph(source, phase="TEST", level: int = 0, stages=(), splits: bool = 
         locations = source.layer_locations
     if net.layers:
         raise GraphError("the net still has legacy 'layers' entries; read it with "
-                         "netdef.frontend.read_net, which upgrades them", where=filename)
+                         "netdef.read_net, which upgrades them", where=filename)
     state = make_state(phase, level, stages)
     kept, dropped = filter_by_state(net, state, locations)
     nodes = []

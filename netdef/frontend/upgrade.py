@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
 from netdef.errors import UpgradeError, did_you_mean
-from netdef.schema import pb
+from netdef.frontend.schema import pb
 
 __all__ = ["Origin", "NetUpgrade", "upgrade_net", "upgrade_solver", "net_format", "PASSES",
            "V0_TYPES", "V0_FIELDS", "V1_TYPE_NAMES", "V1_PARAM_SPEC", "DATA_PARAMS",
