@@ -22,7 +22,7 @@ from netdef.blob import Blob
 from netdef.layers.base import Layer, create_layer
 from netdef.frontend.schema import pb, phase_value
 
-__all__ = ["fill_params", "infer_shapes", "make_layer", "run_layer", "wired"]
+__all__ = ["check_gradients", "fill_params", "infer_shapes", "make_layer", "run_layer", "wired"]
 
 _WIRING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -114,3 +114,26 @@ def fill_params(layer: Layer, seed: int = 0, scale: float = 1.0) -> list[np.ndar
         blob.data = (rng.standard_normal(blob.shape) * scale).astype(np.float32)
         out.append(blob.data)
     return out
+
+
+def check_gradients(layer: Layer, bottom_arrays, check_bottoms=None, *, top_count=None,
+                    checker=None, **checker_args) -> int:
+    """Finite-difference check of ``layer.backward`` on ``bottom_arrays``
+    (netdef.testing.GradientChecker; ``checker_args`` go to its constructor,
+    e.g. ``stepsize``, ``threshold``, ``kink_range``; ``top_index``,
+    ``top_element`` and ``check_params`` go to ``check_layer``). Never in
+    place: the checker re-runs forward on unchanged bottoms. Returns the
+    number of elements checked (always > 0 for a meaningful test)."""
+    from netdef.testing import GradientChecker
+
+    layer_args = {k: checker_args.pop(k) for k in ("top_index", "top_element", "check_params")
+                  if k in checker_args}
+    checker = checker or GradientChecker(**checker_args)
+    arrays = [np.array(a, dtype=np.float32, order="C", copy=True) for a in bottom_arrays]
+    bottoms, tops = _blobs(layer, [a.shape for a in arrays], top_count, False)
+    for blob, arr in zip(bottoms, arrays, strict=True):
+        blob.data = arr
+    checked = checker.check_layer(layer, bottoms, tops, check_bottoms, **layer_args)
+    if checked == 0:
+        raise AssertionError(f"{layer}: the gradient check compared no element")
+    return checked

@@ -7,8 +7,14 @@ A layer class implements Caffe's four steps under their Python names:
 * ``reshape(bottoms, tops)``: shape inference only: set every top's shape
   from the bottoms' shapes. Re-run whenever input shapes change.
 * ``forward(bottoms, tops)``: compute tops from bottoms.
-* ``backward(tops, propagate_down, bottoms)``: overwrite bottom diffs and
-  accumulate parameter diffs (Caffe's rules).
+* ``backward(tops, propagate_down, bottoms)``: from ``top.diff`` (dL/dtop),
+  *overwrite* ``bottoms[i].diff`` for every i with ``propagate_down[i]`` and
+  *accumulate* (+=) into ``self.blobs[j].diff`` for every j with
+  ``self.param_propagate_down[j]`` (Caffe's rules: the solver clears
+  parameter diffs; shared parameters and ``iter_size`` rely on the sum).
+  An in-place layer sees one Blob as bottom and top, so its top diff and
+  bottom diff are one array. Whatever backward needs from forward (masks,
+  argmax, normalisers) is kept on the layer by forward.
 
 Arity is declared (``num_bottoms``, ``num_tops``; an int, or a (min, max)
 pair with max None for "any") and checked here, once, for every layer.
@@ -131,6 +137,8 @@ class Layer:
         self.blobs: list[Blob] = []          # parameter blobs, in Caffe's order
         self.fillers: list = []              # FillerParameter (or None) per blob
         self.learnable: list[bool] = []      # False for stored statistics
+        # Set by the net: False where lr_mult is 0 or nothing learns.
+        self.param_propagate_down: list[bool] = []
         self._bottom_names: list[str] = []
         self._bottom_shapes: list[tuple] = []
 
@@ -178,6 +186,7 @@ class Layer:
         self.blobs.append(blob)
         self.fillers.append(filler)
         self.learnable.append(learnable)
+        self.param_propagate_down.append(learnable)
         return blob
 
     def bottoms_text(self) -> str:

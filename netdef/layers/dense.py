@@ -65,6 +65,19 @@ class InnerProduct(Layer):
         if self.bias_term:
             np.add(y, self.blobs[1].data, out=y)
 
+    def backward(self, tops, propagate_down, bottoms):
+        dy = tops[0].diff.reshape(self.M, self.num_output)
+        x = bottoms[0].data.reshape(self.M, self.K)
+        w = self.blobs[0]
+        if self.param_propagate_down[0]:
+            # dW = dy^T x (or x^T dy when stored transposed), added to the diff
+            w.diff[...] += (x.T @ dy) if self.transpose else (dy.T @ x)
+        if self.bias_term and self.param_propagate_down[1]:
+            self.blobs[1].diff[...] += dy.sum(axis=0)
+        if propagate_down[0]:
+            dx = bottoms[0].diff.reshape(self.M, self.K)
+            np.matmul(dy, w.data.T if self.transpose else w.data, out=dx)
+
     def macs(self, bottoms, tops):
         return self.M * self.K * self.num_output
 

@@ -109,6 +109,15 @@ class LossLayer(_LabelReader):
             n = 1
         return float(max(1, n))
 
+    def top_weight(self, tops) -> float:
+        """The factor dL/d(this loss) for backward. As in Caffe, the net seeds
+        a loss top's diff with its loss weight (the gradient checker seeds
+        it with dL/dtop), so backward scales by ``tops[0].diff``; a loss
+        written without a top uses its ``loss_weight`` (default 1)."""
+        if tops:
+            return float(tops[0].diff.reshape(-1)[0])
+        return float(self.param.loss_weight[0]) if len(self.param.loss_weight) else 1.0
+
     def set_loss(self, tops, value: float) -> None:
         self.loss = float(value)
         if tops:
