@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -24,6 +25,17 @@ from netdef.compile.plan import Plan, build_plan
 from netdef.errors import InputError, NetdefError, did_you_mean
 from netdef.frontend.graph import build_graph
 from netdef.frontend.schema import PHASE_NAMES, TEST, phase_value
+
+
+@dataclass(frozen=True)
+class ParamInfo:
+    """A learnable parameter blob with its per-parameter solver multipliers."""
+
+    layer: str
+    index: int
+    blob: object
+    lr_mult: float
+    decay_mult: float
 
 
 class Net:
@@ -42,13 +54,17 @@ class Net:
     def __init__(self, net, weights=None, phase="TEST", *, seed: int = 0,
                  input_shapes: dict | None = None, level: int = 0, stages=(),
                  optimize: bool = False, keep=(), strict: bool = False,
-                 log=None):
+                 force_backward: bool | None = None, log=None):
         from netdef.frontend.source import NetSource, read_net
 
         self.source = net if isinstance(net, NetSource) else read_net(net)
         self.phase = phase_value(phase)
         self.graph = build_graph(self.source, self.phase, level, stages)
         self._inst: Instance = instantiate(self.graph, input_shapes)
+        # Gradients reach the data only with force_backward (Caffe's rule);
+        # the keyword overrides the prototxt's field.
+        self.force_backward = (self.source.param.force_backward if force_backward is None
+                               else bool(force_backward))
         self.optimize = optimize
         self._keep = tuple(keep)
         self._log = log or (lambda msg: print(msg, file=sys.stderr))
@@ -61,6 +77,7 @@ class Net:
         if weights is not None:
             self.copy_from(weights, strict=strict)
         self._init_params(seed)            # only what the weights did not cover
+        self.reseed(seed)
 
     # ---- pycaffe surface ----------------------------------------------
     @property
@@ -112,8 +129,141 @@ class Net:
         names += [b for b in (blobs or ()) if b not in names]
         return {n: self._inst.blobs[n].data for n in names}
 
-    def backward(self, *args, **kwargs):
-        raise NetdefError("backward is not available yet: training arrives in a later release")
+    def backward(self, diffs=None, start: str | None = None, end: str | None = None,
+                 **top_diffs) -> dict[str, np.ndarray]:
+        """Backward from layer ``start`` (default: the last) down to ``end``
+        (default: the first), as pycaffe's ``Net.backward``.
+
+        Keyword arguments set the diff of output blobs first
+        (``net.backward(prob=grad)``). Loss tops are seeded with their loss
+        weights. Parameter diffs accumulate (``clear_param_diffs`` resets
+        them); bottom diffs are overwritten. Returns {name: diff} for the
+        net inputs and the blobs named in ``diffs``. The diffs of the data
+        are computed only with ``force_backward`` (prototxt or keyword).
+        """
+        plan = self._plan()
+        first = self._step_index(start) if start else None
+        last = self._step_index(end) if end else 0
+        names = list(self.inputs) + [d for d in (diffs or ()) if d not in self.inputs]
+        for name in names:
+            if name not in self._inst.blobs:
+                raise InputError(f"net '{self.name}' has no blob '{name}'",
+                                 hint=did_you_mean(name, list(self._inst.blobs)))
+        for name in top_diffs:
+            if name not in self.outputs:
+                raise InputError(f"'{name}' is not an output of net '{self.name}'",
+                                 hint=did_you_mean(name, self.outputs)
+                                 or f"outputs: {', '.join(self.outputs)}")
+        plan.seed_losses(first, last)
+        for name, value in top_diffs.items():      # given diffs win over loss weights
+            blob = self._inst.blobs[name]
+            blob.diff[...] = np.asarray(value, DTYPE).reshape(blob.shape)
+        plan.run_backward(first, last, seed_losses=False)
+        return {n: self._inst.blobs[n].diff for n in names}
+
+    def forward_loss(self) -> float:
+        """Forward the whole net; the weighted sum of its losses (Caffe's
+        ForwardPrefilled return value)."""
+        self._plan().run()
+        return self.loss
+
+    @property
+    def loss(self) -> float:
+        """The weighted loss of the last forward pass."""
+        total = 0.0
+        for step in self._plan().steps:
+            for top, weight in zip(step.tops, step.loss_weights):
+                if weight:
+                    total += weight * float(top.data.sum(dtype=np.float64))
+            if not step.tops and step.layer.is_loss and step.layer.loss is not None:
+                from netdef.compile.backward import topless_loss_weight
+
+                total += topless_loss_weight(step) * step.layer.loss
+        return total
+
+    def forward_backward(self, clear: bool = False) -> float:
+        """One forward and one backward pass; returns the loss. Parameter
+        diffs accumulate unless ``clear`` zeroes them first."""
+        if clear:
+            self.clear_param_diffs()
+        loss = self.forward_loss()
+        self._plan().run_backward(seed_losses=True)
+        return loss
+
+    def clear_param_diffs(self) -> None:
+        for blob in self._unique_params():
+            blob.diff[...] = 0.0
+
+    @property
+    def blob_loss_weights(self) -> OrderedDict:
+        """{blob name: loss weight} for every blob (pycaffe's)."""
+        weights = OrderedDict((n, 0.0) for n in self._inst.blobs)
+        for step in self._plan().steps:
+            for top, w in zip(step.tops, step.loss_weights):
+                if w:
+                    weights[top.name] = w
+        return weights
+
+    @property
+    def learnable_params(self) -> list:
+        """One ParamInfo per distinct learnable blob, in Caffe's order (a
+        shared parameter appears once, with its owner's multipliers)."""
+        from netdef.compile.backward import lr_mults
+
+        seen: set[int] = set()
+        out = []
+        for step in self._inst.steps:
+            specs = step.node.param.param
+            mults = lr_mults(step)
+            for j, blob in enumerate(step.layer.blobs):
+                if id(blob) in seen or not step.layer.learnable[j]:
+                    continue
+                seen.add(id(blob))
+                decay = specs[j].decay_mult if j < len(specs) else 1.0
+                out.append(ParamInfo(step.name, j, blob, mults[j], float(decay)))
+        return out
+
+    def share_with(self, other: Net) -> None:
+        """Use ``other``'s parameter blobs (by layer name) as this net's own,
+        as Caffe's ShareTrainedLayersWith: a solver's test nets see the
+        training net's weights without copies."""
+        theirs = other._inst.params()
+        for step in self._inst.steps:
+            source = theirs.get(step.name)
+            if source is None:
+                continue
+            mine = step.layer.blobs
+            if len(source) != len(mine):
+                raise NetdefError(
+                    f"cannot share layer '{step.name}': {len(mine)} parameter blobs here, "
+                    f"{len(source)} in net '{other.name}'")
+            for j, blob in enumerate(source):
+                if blob.shape != mine[j].shape:
+                    raise NetdefError(
+                        f"cannot share layer '{step.name}' param {j}: shape "
+                        f"{mine[j].shape} here, {blob.shape} in net '{other.name}'")
+                mine[j] = blob
+                self._filled.add(id(blob))
+        self.params_changed()
+
+    def reseed(self, seed: int) -> None:
+        """Reseed every random layer (Dropout masks, stochastic pooling, data
+        shuffling and augmentation) so a run can be repeated exactly."""
+        for i, step in enumerate(self._inst.steps):
+            layer = step.layer
+            if hasattr(layer, "reseed"):
+                layer.reseed(seed + i)
+            elif hasattr(layer, "rng"):
+                layer.rng = np.random.default_rng([seed, i])
+
+    def first_nonfinite(self) -> str | None:
+        """The first layer (in forward order) whose output holds NaN or
+        infinity, for messages when training diverges."""
+        for step in self._plan().steps:
+            for top in step.tops:
+                if not np.isfinite(top.data).all():
+                    return step.name
+        return None
 
     def reshape(self) -> None:
         """Re-infer shapes from the current input blob shapes (pycaffe's reshape).
@@ -181,6 +331,14 @@ class Net:
             blob.data = fill(blob.shape, filler, rng,
                              where=f"layer '{layer.name}' ({layer.type})")
 
+    def _unique_params(self):
+        seen: set[int] = set()
+        for step in self._inst.steps:
+            for blob in step.layer.blobs:
+                if id(blob) not in seen:
+                    seen.add(id(blob))
+                    yield blob
+
     def _default_input(self) -> str:
         fed = self._inst.source_tops()
         if not fed:
@@ -222,7 +380,8 @@ class Net:
         # uses; memory reuse is sound for any forward-only plan.
         fuse = self.optimize and self.phase == TEST
         self._current_plan = build_plan(self._inst, reuse=self.optimize, fuse=fuse,
-                                        keep_names=self._keep, arena=old)
+                                        keep_names=self._keep, arena=old,
+                                        force_backward=self.force_backward)
         self._plan_key = key
         return self._current_plan
 

@@ -25,6 +25,10 @@ class Step:
     tops: list[Blob]
 
     ready: bool = True        # False while setup waits for a bottom's shape
+    # Set by compile.backward.mark_backward (Caffe's rules):
+    need_backward: bool = False
+    propagate_down: list[bool] = field(default_factory=list)   # per bottom
+    loss_weights: list[float] = field(default_factory=list)    # per top
 
     @property
     def name(self) -> str:

@@ -40,14 +40,61 @@ class Plan:
             timings[step.name] = timings.get(step.name, 0.0) + clock() - t0
 
 
+    def run_backward(self, start: int | None = None, end: int = 0,
+                     timings: dict | None = None, seed_losses: bool = True) -> None:
+        """Backward steps[start] down to steps[end] (inclusive), skipping steps
+        that need no backward. ``seed_losses`` first sets every loss top's
+        diff to its loss weight (Caffe's convention; the loss layers scale
+        their gradients by it)."""
+        first = len(self.steps) - 1 if start is None else start
+        if seed_losses:
+            self.seed_losses(first, end)
+        clock = time.perf_counter
+        for i in range(first, end - 1, -1):
+            step = self.steps[i]
+            if not step.need_backward:
+                continue
+            if timings is None:
+                step.layer.backward(step.tops, step.propagate_down, step.bottoms)
+                continue
+            t0 = clock()
+            step.layer.backward(step.tops, step.propagate_down, step.bottoms)
+            timings[step.name] = timings.get(step.name, 0.0) + clock() - t0
+
+    def seed_losses(self, start: int | None = None, end: int = 0) -> None:
+        """Fill each loss top's diff with its loss weight (steps end..start)."""
+        first = len(self.steps) - 1 if start is None else start
+        for step in self.steps[end:first + 1]:
+            for top, weight in zip(step.tops, step.loss_weights):
+                if weight:
+                    top.diff[...] = weight
+
+    @property
+    def runs_backward(self) -> bool:
+        return any(s.need_backward for s in self.steps)
+
+
 def build_plan(inst: Instance, *, reuse: bool, fuse: bool = False, keep_names=(),
-               arena: np.ndarray | None = None) -> Plan:
+               arena: np.ndarray | None = None, force_backward: bool = False) -> Plan:
     """Bind storage for every activation of ``inst`` and fix the schedule.
 
     ``fuse`` folds BatchNorm/Scale/ReLU into convolutions (inference only).
+    Which steps run backward is decided here too (compile.backward); a plan
+    that runs backward is never fused.
     """
-    log: list[str] = []
+    from netdef.compile.backward import mark_backward
+
+    log: list[str] = mark_backward(inst, force_backward)
     steps = list(inst.steps)
+    if any(s.need_backward for s in steps):
+        if fuse:
+            log.append("fuse: off (the net runs backward)")
+        fuse = False
+        if reuse:
+            # Lifetimes end at the last forward read; backward reads tops
+            # again, so a backward plan keeps every activation for now.
+            log.append("memory: reuse off (the net runs backward)")
+        reuse = False
     kept_names = set(inst.graph.outputs) | set(keep_names)
     if fuse:
         steps = fuse_for_inference(steps, kept_names, log)

@@ -219,13 +219,31 @@ def insert_splits(nodes: list[Node]) -> list[Node]:
 
     renamed: dict[tuple[int, int], str] = {}
     splits_after: dict[int, list[Node]] = {}
+    reweighted: dict[int, Node] = {}
     for (pi, k), users in readers.items():
-        if len(users) < 2:
+        producer = reweighted.get(pi, nodes[pi])
+        weight = _written_loss_weight(producer, k)
+        # A top that carries a loss weight and is also read counts the loss
+        # as one more reader: split top 0 carries the weight (Caffe's rule),
+        # so the loss gradient and the readers' gradients add up.
+        if len(users) + (weight != 0.0) < 2:
             continue
-        producer = nodes[pi]
         blob = producer.tops[k]
-        tops = [split_blob_name(producer.name, blob, k, s) for s in range(len(users))]
-        for (ci, j), new_name in zip(users, tops):
+        n_tops = len(users) + (weight != 0.0)
+        tops = [split_blob_name(producer.name, blob, k, s) for s in range(n_tops)]
+        param = pb.LayerParameter(name=split_layer_name(producer.name, blob, k), type="Split")
+        if weight:
+            param.loss_weight.extend([weight] + [0.0] * len(users))
+            moved = pb.LayerParameter()
+            moved.CopyFrom(producer.param)
+            del moved.loss_weight[:]
+            moved.loss_weight.extend([0.0 if i == k else w for i, w in
+                                      enumerate(_padded_weights(producer))])
+            producer = Node(producer.name, producer.type, producer.bottoms,
+                            list(producer.tops), moved, producer.where,
+                            producer.source_index, producer.inserted)
+            reweighted[pi] = producer
+        for (ci, j), new_name in zip(users, tops[n_tops - len(users):]):
             renamed[(ci, j)] = new_name
             consumer = nodes[ci]
             if j in consumer.in_place_tops:
@@ -233,7 +251,6 @@ def insert_splits(nodes: list[Node]) -> list[Node]:
                     f"layer '{consumer.name}' ({consumer.type}) modifies '{blob}' in place "
                     f"while {len(users) - 1} other layer(s) also read it; give its top "
                     "another name", where=consumer.where)
-        param = pb.LayerParameter(name=split_layer_name(producer.name, blob, k), type="Split")
         param.bottom.append(blob)
         param.top.extend(tops)
         splits_after.setdefault(pi, []).append(
@@ -243,6 +260,7 @@ def insert_splits(nodes: list[Node]) -> list[Node]:
         return nodes
     out: list[Node] = []
     for i, node in enumerate(nodes):
+        node = reweighted.get(i, node)
         bottoms = [renamed.get((i, j), b) for j, b in enumerate(node.bottoms)]
         if bottoms != node.bottoms:
             node = Node(node.name, node.type, bottoms, list(node.tops), node.param,
@@ -250,6 +268,17 @@ def insert_splits(nodes: list[Node]) -> list[Node]:
         out.append(node)
         out.extend(splits_after.get(i, []))
     return out
+
+
+def _padded_weights(node: Node) -> list[float]:
+    weights = list(node.param.loss_weight)
+    return weights + [0.0] * (len(node.tops) - len(weights))
+
+
+def _written_loss_weight(node: Node, k: int) -> float:
+    """The ``loss_weight`` written for top ``k`` (0 when none is written)."""
+    weights = node.param.loss_weight
+    return float(weights[k]) if k < len(weights) else 0.0
 
 
 # --------------------------------------------------------------- build ----
