@@ -11,9 +11,13 @@ bottom's buffer and extend its lifetime.
 Set NETDEF_NO_MEMORY_PLAN=1 to give every buffer its own memory (for
 bisecting numerical differences).
 
-Lifetimes here end at the last *forward* read, which is right for inference.
-A plan that will run backward must extend each lifetime to the blob's last
-use in backward (and give diffs their own buffers) before reusing memory.
+A plan that runs backward uses one timeline of 2n steps: forward step i at
+time i, its backward at time 2n-1-i. An activation then lives until the
+last backward that reads it (a layer's backward may read its bottoms and
+tops), and each diff is a buffer of its own, written by its consumer's
+backward (or seeded with a loss weight when backward starts, time n) and
+read by its producer's backward: diffs live briefly and share memory with
+each other and with activations that are already dead.
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ class Buffer:
     start: int                # step index of the first write
     end: int                  # step index of the last read (FOREVER: kept)
     offset: int = -1
+    diff: bool = False        # holds the blobs' diffs, not their data
 
 
 @dataclass
@@ -52,7 +57,11 @@ class MemoryPlan:
         for buf in self.buffers:
             view = arena[buf.offset:buf.offset + buf.size]
             for blob in buf.blobs:
-                blob.bind(data=view[:blob.count].reshape(blob.shape))
+                part = view[:blob.count].reshape(blob.shape)
+                if buf.diff:
+                    blob.bind(diff=part)
+                else:
+                    blob.bind(data=part)
         return arena
 
 
@@ -60,12 +69,16 @@ def _round(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
 
 
-def plan_memory(steps, external: set[int], keep: set[int], reuse: bool = True) -> MemoryPlan:
+def plan_memory(steps, external: set[int], keep: set[int], reuse: bool = True,
+                backward: bool = False) -> MemoryPlan:
     """Plan storage for the tops of ``steps``.
 
     ``external``: ids of blobs that keep their own storage (net inputs fed by
     the user). ``keep``: ids of blobs whose contents must survive the whole
-    forward (net outputs, blobs the caller asked for).
+    forward (net outputs, blobs the caller asked for). ``backward``: the
+    steps' ``need_backward``/``propagate_down`` are set and backward will
+    run, so activations live on into backward and diffs get buffers too
+    (only when reusing; without reuse every diff is allocated on first use).
     """
     if os.environ.get("NETDEF_NO_MEMORY_PLAN") == "1":
         reuse = False
@@ -88,6 +101,8 @@ def plan_memory(steps, external: set[int], keep: set[int], reuse: bool = True) -
             buf = Buffer([top], top.count, i, i)
             buffers.append(buf)
             owner[id(top)] = buf
+    if backward and reuse:
+        buffers += _extend_into_backward(steps, owner, external, keep)
     for buf in buffers:
         buf.size = max(b.count for b in buf.blobs)
         if not reuse or any(id(b) in keep for b in buf.blobs):
@@ -99,6 +114,40 @@ def plan_memory(steps, external: set[int], keep: set[int], reuse: bool = True) -
     plan.log.append(f"memory: {len(buffers)} activation buffers, {naive * mib:.1f} MiB -> "
                     f"{arena * mib:.1f} MiB" + ("" if reuse else " (reuse off)"))
     return plan
+
+
+def _extend_into_backward(steps, owner: dict, external: set[int], keep: set[int]) -> list[Buffer]:
+    """Lengthen activation lifetimes to their last backward read; return one
+    buffer per diff that backward reads or writes."""
+    n = len(steps)
+    diffs: dict[int, Buffer] = {}
+
+    def touch(blob, t: int) -> None:
+        if id(blob) in external or id(blob) in keep:
+            return                      # the user reads these diffs: own storage
+        buf = diffs.get(id(blob))
+        if buf is None:
+            diffs[id(blob)] = Buffer([blob], blob.count, t, t, diff=True)
+        else:
+            buf.start, buf.end = min(buf.start, t), max(buf.end, t)
+
+    for i, step in enumerate(steps):
+        if not step.need_backward:
+            continue
+        t = 2 * n - 1 - i
+        for blob in (*step.bottoms, *step.tops):
+            buf = owner.get(id(blob))
+            if buf is not None:
+                buf.end = max(buf.end, t)
+        for blob in step.tops:
+            touch(blob, t)
+        for blob, down in zip(step.bottoms, step.propagate_down):
+            if down:
+                touch(blob, t)
+        for blob, weight in zip(step.tops, step.loss_weights):
+            if weight:
+                touch(blob, n)          # seeded when backward starts
+    return list(diffs.values())
 
 
 def _place_disjoint(buffers: list[Buffer]) -> int:

@@ -25,6 +25,9 @@ class Plan:
     memory: MemoryPlan
     arena: np.ndarray
     log: list[str] = field(default_factory=list)
+    # step index -> top blobs whose (arena) diff must be zeroed before that
+    # step's backward, because no other step writes it
+    zero_diffs: dict[int, list] = field(default_factory=dict)
 
     def run(self, start: int = 0, end: int | None = None, timings: dict | None = None) -> None:
         """Forward steps[start:end+1]. With ``timings``, accumulate seconds per step name."""
@@ -54,6 +57,8 @@ class Plan:
             step = self.steps[i]
             if not step.need_backward:
                 continue
+            for blob in self.zero_diffs.get(i, ()):
+                blob.diff[...] = 0.0
             if timings is None:
                 step.layer.backward(step.tops, step.propagate_down, step.bottoms)
                 continue
@@ -90,17 +95,32 @@ def build_plan(inst: Instance, *, reuse: bool, fuse: bool = False, keep_names=()
         if fuse:
             log.append("fuse: off (the net runs backward)")
         fuse = False
-        if reuse:
-            # Lifetimes end at the last forward read; backward reads tops
-            # again, so a backward plan keeps every activation for now.
-            log.append("memory: reuse off (the net runs backward)")
-        reuse = False
+
     kept_names = set(inst.graph.outputs) | set(keep_names)
     if fuse:
         steps = fuse_for_inference(steps, kept_names, log)
     external = {id(inst.blobs[name]) for name in inst.source_tops()}
     keep = {id(inst.blobs[n]) for n in kept_names if n in inst.blobs}
-    memory = plan_memory(steps, external, keep, reuse=reuse)
+    backward = any(s.need_backward for s in steps)
+    memory = plan_memory(steps, external, keep, reuse=reuse, backward=backward)
     arena = memory.bind(arena)
-    return Plan(steps, memory, arena, log + memory.log)
+    return Plan(steps, memory, arena, log + memory.log, _unwritten_diffs(steps, memory))
+
+
+def _unwritten_diffs(steps, memory: MemoryPlan) -> dict[int, list]:
+    """Arena diffs that a backward step reads but nothing writes (a branch
+    into a layer that needs no backward): they must read as zeros."""
+    in_arena = {id(b) for buf in memory.buffers if buf.diff for b in buf.blobs}
+    written: set[int] = set()
+    for step in steps:
+        if step.need_backward:
+            written.update(id(b) for b, d in zip(step.bottoms, step.propagate_down) if d)
+        written.update(id(t) for t, w in zip(step.tops, step.loss_weights) if w)
+    zero: dict[int, list] = {}
+    for i, step in enumerate(steps):
+        if step.need_backward:
+            blobs = [t for t in step.tops if id(t) in in_arena and id(t) not in written]
+            if blobs:
+                zero[i] = blobs
+    return zero
 
