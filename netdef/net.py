@@ -268,6 +268,72 @@ class Net:
                 return step.name
         return None
 
+    def reshape(self) -> None:
+        """Re-infer shapes from the current input blob shapes (pycaffe's reshape).
+
+        Also rebuilds the plan, so parameters edited in place are picked up
+        by an optimized (fused) plan.
+        """
+        self.params_changed()
+        self._plan()
+
+    @property
+    def plan_log(self) -> list[str]:
+        """What the compiler did for the current input shapes (fusion, memory)."""
+        return list(self._plan().log)
+
+    # ---- weights ----------------------------------------------------------
+    def copy_from(self, path, strict: bool = False, quiet: bool = False):
+        """Load a .caffemodel by layer name, like Caffe's CopyTrainedLayersFrom."""
+        from netdef.io.caffemodel import match_weights, read_caffemodel
+
+        file_layers = read_caffemodel(path)
+        net_layers = [(s.name, s.layer.type, [b.shape for b in s.layer.blobs])
+                      for s in self._inst.steps if s.layer.blobs]
+        report = match_weights(net_layers, file_layers, strict=strict, source=str(path))
+        params = self._inst.params()
+        for name, arrays in report.arrays.items():
+            for blob, arr in zip(params[name], arrays):
+                blob.data = np.ascontiguousarray(arr, dtype=DTYPE).reshape(blob.shape)
+                self._filled.add(id(blob))
+        if not quiet:
+            for line in report.warnings:
+                self._log(f"warning: {line}")
+        self.load_report = report
+        self.random_weights = False
+        self.params_changed()
+        return report
+
+    def params_changed(self) -> None:
+        """Call after editing ``net.params[...]`` data in place: an optimized
+        plan holds BatchNorm/Scale folded into copies of the conv weights."""
+        self._current_plan = None
+
+    def save(self, path) -> None:
+        """Write the net and its weights as a .caffemodel (current format, atomic)."""
+        from netdef.io.caffemodel import write_caffemodel
+
+        weights = {name: [b.data for b in blobs] for name, blobs in self._inst.params().items()}
+        write_caffemodel(path, self.source.param, weights)
+
+    # ---- internals ---------------------------------------------------------
+    def _init_params(self, seed: int) -> None:
+        from netdef.fillers import make_rng
+
+        self._rng = make_rng(seed)
+        for step in self._inst.steps:
+            self._fill(step.layer, self._rng)
+
+    def _fill(self, layer, rng) -> None:
+        from netdef.fillers import fill
+
+        for blob, filler in zip(layer.blobs, layer.fillers):
+            if id(blob) in self._filled:
+                continue                   # a shared parameter is filled once
+            self._filled.add(id(blob))
+            blob.data = fill(blob.shape, filler, rng,
+                             where=f"layer '{layer.name}' ({layer.type})")
+
     def _unique_params(self):
         seen: set[int] = set()
         for step in self._inst.steps:
