@@ -147,23 +147,33 @@ class GradientChecker:
         return self._compare(targets, objective, gradients, inputs=bottoms)
 
     # ---- net mode ---------------------------------------------------------
-    def check_net(self, net, blob_names, *, params: bool = True,
+    def check_net(self, net, blob_names, *, params=True,
                   max_elements: int | None = None) -> int:
-        """Check d(loss)/d(blob) of ``net`` for the named input blobs (and the
-        learnable parameters) by finite differences of ``net.forward()``'s
+        """Check d(loss)/d(blob) of ``net`` for the named input blobs and the
+        parameters (all with ``params=True``, or those of the layers named
+        in a list; ``max_elements`` samples each blob) by finite differences of ``net.forward()``'s
         total loss. The net must have a loss; its data must stay fixed
-        between calls (feed Input layers, or use deterministic data)."""
+        between calls (feed its inputs: ``net.forward(data=..., label=...)``
+        once before). Random layers are reseeded before every pass."""
         targets = [(f"blob '{n}'", net.blobs[n]) for n in blob_names]
         if params:
-            for name, blobs in net.params.items():
+            chosen = net.params if params is True else {n: net.params[n] for n in params}
+            for name, blobs in chosen.items():
                 for j, blob in enumerate(blobs):
                     targets.append((f"layer '{name}' param {j}", blob))
         saved = self.max_elements
         if max_elements is not None:
             self.max_elements = max_elements
         try:
-            return self._compare(targets, lambda: float(net.forward_loss()),
-                                 lambda: net.forward_backward(clear=True),
+            def objective() -> float:
+                net.reseed(self.seed)        # the same Dropout masks every pass
+                return float(net.forward_loss())
+
+            def gradients() -> None:
+                net.reseed(self.seed)
+                net.forward_backward(clear=True)
+
+            return self._compare(targets, objective, gradients,
                                  inputs=[net.blobs[n] for n in blob_names])
         finally:
             self.max_elements = saved

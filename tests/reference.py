@@ -300,3 +300,420 @@ def eltwise_reference(inputs, operation="SUM", coeff=None):
             out = np.where(a > out, a, out)
         return out, arg
     raise ValueError(f"operation must be SUM, PROD or MAX, got {operation!r}")
+
+
+# ---- structure layers: backward ------------------------------------------------------
+def concat_backward_reference(dy, shapes, axis) -> list[np.ndarray]:
+    """Concat's backward: bottom i's diff is its stretch of dy along axis
+    (also Slice's forward). Element by element."""
+    dy = np.asarray(dy, np.float64)
+    starts = np.cumsum([0] + [s[axis] for s in shapes])
+    out = [np.zeros(s) for s in shapes]
+    for idx in np.ndindex(*dy.shape):
+        i = int(np.searchsorted(starts, idx[axis], side="right")) - 1
+        local = idx[:axis] + (idx[axis] - starts[i],) + idx[axis + 1:]
+        out[i][local] = dy[idx]
+    return out
+
+
+def crop_backward_reference(dy, big_shape, offsets) -> np.ndarray:
+    """Crop's backward: dy placed at ``offsets`` (one per axis) in zeros."""
+    dy = np.asarray(dy, np.float64)
+    dx = np.zeros(big_shape)
+    for idx in np.ndindex(*dy.shape):
+        dx[tuple(i + o for i, o in zip(idx, offsets))] += dy[idx]
+    return dx
+
+
+def tile_backward_reference(dy, bottom_shape, axis) -> np.ndarray:
+    """Tile's backward: every top element adds its diff to the bottom element
+    it copies (top index along axis, modulo the bottom's size there)."""
+    dy = np.asarray(dy, np.float64)
+    dx = np.zeros(bottom_shape)
+    for idx in np.ndindex(*dy.shape):
+        src = idx[:axis] + (idx[axis] % bottom_shape[axis],) + idx[axis + 1:]
+        dx[src] += dy[idx]
+    return dx
+
+
+def eltwise_backward_reference(inputs, dy, operation="SUM", coeff=None,
+                               stable_prod_grad=True) -> list[np.ndarray]:
+    """Caffe Eltwise backward, per element: SUM coeff_i * dy; PROD dy times
+    the other inputs (or dy * out / x_i without stable_prod_grad); MAX dy to
+    the winning input (Caffe's tie rule, see eltwise_reference)."""
+    xs = [np.asarray(a, np.float64).ravel() for a in inputs]
+    g = np.asarray(dy, np.float64).ravel()
+    out, arg = eltwise_reference(xs, operation, coeff)
+    grads = [np.zeros_like(x) for x in xs]
+    for e in range(g.size):
+        for i in range(len(xs)):
+            if operation == "SUM":
+                grads[i][e] = (1.0 if coeff is None else coeff[i]) * g[e]
+            elif operation == "MAX":
+                grads[i][e] = g[e] if arg[e] == i else 0.0
+            elif stable_prod_grad:
+                p = 1.0
+                for j in range(len(xs)):
+                    if j != i:
+                        p *= xs[j][e]
+                grads[i][e] = g[e] * p
+            else:
+                with np.errstate(all="ignore"):
+                    grads[i][e] = g[e] * out[e] / xs[i][e]
+    shape = np.shape(inputs[0])
+    return [d.reshape(shape) for d in grads]
+
+
+def reduction_reference(x, operation="SUM", axis=0, coeff=1.0) -> np.ndarray:
+    """Caffe Reduction: each item of the first ``axis`` axes reduced to one number."""
+    x = np.asarray(x, np.float64)
+    out = np.zeros(x.shape[:axis])
+    for idx in np.ndindex(*x.shape[:axis]):
+        row = x[idx].ravel()
+        total = 0.0
+        for v in row:
+            total += {"SUM": v, "MEAN": v, "ASUM": abs(v), "SUMSQ": v * v}[operation]
+        if operation == "MEAN":
+            total /= row.size
+        out[idx] = coeff * total
+    return out
+
+
+def reduction_backward_reference(x, dy, operation="SUM", axis=0, coeff=1.0) -> np.ndarray:
+    """d(reduction)/dx times dy: coeff * dy * (1, sign(x) with sign(0) = 0, 2x, 1/dim)."""
+    x = np.asarray(x, np.float64)
+    dy = np.asarray(dy, np.float64).reshape(x.shape[:axis])
+    dim = math.prod(x.shape[axis:])
+    dx = np.zeros_like(x)
+    for idx in np.ndindex(*x.shape):
+        v, g = x[idx], coeff * dy[idx[:axis]]
+        dx[idx] = {"SUM": g, "MEAN": g / dim, "ASUM": g * (float(v > 0) - float(v < 0)),
+                   "SUMSQ": 2.0 * v * g}[operation]
+    return dx
+
+
+def softmax_backward_reference(y, dy, axis=1) -> np.ndarray:
+    """Softmax's backward from its output y: dx_c = y_c * (dy_c - sum_k dy_k y_k)."""
+    y = np.moveaxis(np.asarray(y, np.float64), axis, -1)
+    dy = np.moveaxis(np.asarray(dy, np.float64), axis, -1)
+    dx = np.empty_like(y)
+    for idx in np.ndindex(*y.shape[:-1]):
+        dot = sum(a * b for a, b in zip(dy[idx], y[idx]))
+        for c in range(y.shape[-1]):
+            dx[idx + (c,)] = y[idx + (c,)] * (dy[idx + (c,)] - dot)
+    return np.moveaxis(dx, -1, axis)
+
+
+# ---- losses and Accuracy (Caffe's forward and backward, weight 1) -----------------------
+FLT_MIN = float(np.finfo(np.float32).tiny)
+
+
+def loss_normalizer(mode, valid, outer, inner) -> float:
+    """Caffe's loss divisor: FULL outer*inner, VALID the valid count,
+    BATCH_SIZE outer, NONE 1; never below 1."""
+    n = {"FULL": outer * inner, "VALID": valid, "BATCH_SIZE": outer, "NONE": 1}[mode]
+    return float(max(1, n))
+
+
+def _positions(shape, axis):
+    """(outer, classes, inner) around axis, as plain ints."""
+    return math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:])
+
+
+def softmax_loss_reference(x, labels, axis=1, ignore=None, normalization="VALID"):
+    """SoftmaxWithLoss: (loss, dloss/dx, probabilities) with loops over every
+    (outer, inner) position."""
+    x = np.asarray(x, np.float64)
+    prob = softmax_reference(x, axis)
+    outer, classes, inner = _positions(x.shape, axis)
+    p3 = prob.reshape(outer, classes, inner)
+    lab = np.asarray(labels).reshape(outer, inner)
+    dx = np.zeros((outer, classes, inner))
+    total, count = 0.0, 0
+    for o in range(outer):
+        for i in range(inner):
+            label = int(lab[o, i])
+            if ignore is not None and label == ignore:
+                continue
+            total -= math.log(max(p3[o, label, i], FLT_MIN))
+            for c in range(classes):
+                dx[o, c, i] = p3[o, c, i] - (1.0 if c == label else 0.0)
+            count += 1
+    norm = loss_normalizer(normalization, count, outer, inner)
+    return total / norm, (dx / norm).reshape(x.shape), prob
+
+
+def infogain_loss_reference(x, labels, h, axis=1, ignore=None, normalization="VALID"):
+    """InfogainLoss on logits x: (loss, dloss/dx)."""
+    x = np.asarray(x, np.float64)
+    h = np.asarray(h, np.float64)
+    prob = softmax_reference(x, axis)
+    outer, classes, inner = _positions(x.shape, axis)
+    h = h.reshape(classes, classes)
+    p3 = prob.reshape(outer, classes, inner)
+    lab = np.asarray(labels).reshape(outer, inner)
+    dx = np.zeros((outer, classes, inner))
+    total, count = 0.0, 0
+    for o in range(outer):
+        for i in range(inner):
+            label = int(lab[o, i])
+            if ignore is not None and label == ignore:
+                continue
+            row_sum = sum(h[label, k] for k in range(classes))
+            for k in range(classes):
+                total -= h[label, k] * math.log(max(p3[o, k, i], 1e-20))
+                dx[o, k, i] = p3[o, k, i] * row_sum - h[label, k]
+            count += 1
+    norm = loss_normalizer(normalization, count, outer, inner)
+    return total / norm, (dx / norm).reshape(x.shape)
+
+
+def sigmoid_cross_entropy_reference(x, t, ignore=None, normalization="BATCH_SIZE"):
+    """SigmoidCrossEntropyLoss: (loss, dloss/dx), the log terms written plainly
+    (keep |x| moderate)."""
+    x = np.asarray(x, np.float64)
+    t = np.asarray(t, np.float64).reshape(x.shape)
+    dx = np.zeros_like(x)
+    total, count = 0.0, 0
+    for idx in np.ndindex(*x.shape):
+        if ignore is not None and int(t[idx]) == ignore:
+            continue
+        s = 1.0 / (1.0 + math.exp(-x[idx]))
+        total -= t[idx] * math.log(s) + (1.0 - t[idx]) * math.log(1.0 - s)
+        dx[idx] = s - t[idx]
+        count += 1
+    outer = x.shape[0]
+    norm = loss_normalizer(normalization, count, outer, x.size // outer)
+    return total / norm, dx / norm
+
+
+def euclidean_loss_reference(a, b):
+    """EuclideanLoss: (loss, dloss/da, dloss/db) with b shaped like itself."""
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    n = a.shape[0]
+    fa, fb = a.reshape(n, -1), b.reshape(n, -1)
+    total = 0.0
+    da = np.zeros_like(fa)
+    for i in range(n):
+        for j in range(fa.shape[1]):
+            d = fa[i, j] - fb[i, j]
+            total += d * d
+            da[i, j] = d / n
+    return total / n / 2.0, da.reshape(a.shape), (-da).reshape(b.shape)
+
+
+def contrastive_loss_reference(a, b, similar, margin=1.0, legacy=False):
+    """ContrastiveLoss: (loss, dloss/da, dloss/db), Caffe's gradient rule
+    (distance + 1e-4 in the non-legacy denominator)."""
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    n = a.shape[0]
+    fa, fb = a.reshape(n, -1), b.reshape(n, -1)
+    sim = np.asarray(similar).reshape(n)
+    total = 0.0
+    da = np.zeros_like(fa)
+    for i in range(n):
+        diff = fa[i] - fb[i]
+        d2 = sum(v * v for v in diff)
+        if int(sim[i]):
+            total += d2
+            da[i] = diff / n
+        elif legacy:
+            total += max(margin - d2, 0.0)
+            da[i] = -diff / n if margin - d2 > 0 else 0.0
+        else:
+            d = math.sqrt(d2)
+            total += max(margin - d, 0.0) ** 2
+            da[i] = -(margin - d) / (d + 1e-4) * diff / n if margin - d > 0 else 0.0
+    return total / n / 2.0, da.reshape(a.shape), (-da).reshape(b.shape)
+
+
+def hinge_loss_reference(x, labels, norm="L1"):
+    """HingeLoss (one-vs-all): (loss, dloss/dx)."""
+    x = np.asarray(x, np.float64)
+    n = x.shape[0]
+    f = x.reshape(n, -1)
+    lab = np.asarray(labels).reshape(n)
+    total = 0.0
+    dx = np.zeros_like(f)
+    for i in range(n):
+        for k in range(f.shape[1]):
+            sign = -1.0 if k == int(lab[i]) else 1.0
+            m = max(0.0, 1.0 + sign * f[i, k])
+            if norm == "L2":
+                total += m * m
+                dx[i, k] = 2.0 * m * sign / n
+            else:
+                total += m
+                dx[i, k] = (sign if m > 0 else 0.0) / n
+    return total / n, dx.reshape(x.shape)
+
+
+def multinomial_logistic_reference(p, labels):
+    """MultinomialLogisticLoss on probabilities: (loss, dloss/dp)."""
+    p = np.asarray(p, np.float64)
+    n = p.shape[0]
+    f = p.reshape(n, -1)
+    lab = np.asarray(labels).reshape(n)
+    total = 0.0
+    dp = np.zeros_like(f)
+    for i in range(n):
+        q = max(f[i, int(lab[i])], 1e-20)
+        total -= math.log(q)
+        dp[i, int(lab[i])] = -1.0 / q / n
+    return total / n, dp.reshape(p.shape)
+
+
+def accuracy_reference(x, labels, top_k=1, axis=1, ignore=None):
+    """Accuracy: (accuracy, per-class accuracy). The true class is in the top k
+    when fewer than k other classes score at least as high (ties count against)."""
+    x = np.asarray(x, np.float64)
+    outer, classes, inner = _positions(x.shape, axis)
+    x3 = x.reshape(outer, classes, inner)
+    lab = np.asarray(labels).reshape(outer, inner)
+    hits, count = 0, 0
+    seen, class_hits = np.zeros(classes), np.zeros(classes)
+    for o in range(outer):
+        for i in range(inner):
+            label = int(lab[o, i])
+            if ignore is not None and label == ignore:
+                continue
+            better = sum(1 for c in range(classes) if c != label and x3[o, c, i] >= x3[o, label, i])
+            seen[label] += 1
+            count += 1
+            if better < top_k:
+                hits += 1
+                class_hits[label] += 1
+    per_class = np.array([class_hits[c] / seen[c] if seen[c] else 0.0 for c in range(classes)])
+    return (hits / count if count else 0.0), per_class
+
+
+# ---- backward of the neuron, normalisation and dense families ---------------
+def neuron_backward_reference(kind: str, x, dy, **p) -> np.ndarray:
+    """dL/dx = dy * f'(x) for the neuron layers of ``neuron_reference``, element
+    by element from the textbook derivative (Caffe's conventions at kinks:
+    ReLU's slope at 0, sign(0) = 0, Clip passes both ends)."""
+    x = np.asarray(x, np.float64)
+    dy = np.asarray(dy, np.float64)
+    dx = np.empty_like(x)
+    for i in np.ndindex(*x.shape):
+        v = float(x[i])
+        if kind == "ReLU":
+            d = 1.0 if v > 0 else p.get("negative_slope", 0.0)
+        elif kind == "ELU":
+            d = 1.0 if v > 0 else p.get("alpha", 1.0) * math.exp(v)
+        elif kind == "Sigmoid":
+            s = 1.0 / (1.0 + math.exp(-v))
+            d = s * (1.0 - s)
+        elif kind == "TanH":
+            d = 1.0 - math.tanh(v) ** 2
+        elif kind == "AbsVal":
+            d = 1.0 if v > 0 else (-1.0 if v < 0 else 0.0)
+        elif kind == "BNLL":
+            d = 1.0 / (1.0 + math.exp(-v))
+        elif kind == "Power":
+            power, scale, shift = p.get("power", 1.0), p.get("scale", 1.0), p.get("shift", 0.0)
+            d = 0.0 if power == 0 else power * scale * (shift + scale * v) ** (power - 1)
+        elif kind in ("Exp", "Log"):
+            base = p.get("base", -1.0)
+            lnb = 1.0 if base == -1.0 else math.log(base)
+            scale, shift = p.get("scale", 1.0), p.get("shift", 0.0)
+            z = shift + scale * v
+            d = lnb * scale * math.exp(lnb * z) if kind == "Exp" else scale / (lnb * z)
+        elif kind == "Clip":
+            d = 1.0 if p["min"] <= v <= p["max"] else 0.0
+        elif kind == "Swish":
+            beta = p.get("beta", 1.0)
+            s = 1.0 / (1.0 + math.exp(-beta * v))
+            d = s + beta * v * s * (1.0 - s)
+        else:
+            raise ValueError(f"no backward reference for {kind!r}")
+        dx[i] = dy[i] * d
+    return dx
+
+
+def prelu_backward_reference(x, slope, dy):
+    """(dx, dslope) of PReLU; ``slope`` (C,) or a single (channel_shared) value,
+    whose gradient then sums over every channel."""
+    x = np.asarray(x, np.float64)
+    dy = np.asarray(dy, np.float64)
+    slope = np.asarray(slope, np.float64).ravel()
+    shared = slope.size == 1
+    dx = np.empty_like(x)
+    dslope = np.zeros(slope.size)
+    for i in np.ndindex(*x.shape):
+        c = 0 if shared else i[1]
+        if x[i] > 0:
+            dx[i] = dy[i]
+        else:
+            dx[i] = slope[c] * dy[i]
+            dslope[c] += dy[i] * x[i]
+    return dx, dslope
+
+
+def batchnorm_backward_reference(x, dy, eps=1e-5, var=None) -> np.ndarray:
+    """BatchNorm's dL/dx on x (N, C, ...). With ``var`` (the statistics in use,
+    already divided by the scale factor) the statistics are constants:
+    dx = dy / sqrt(var + eps). Without, the batch's own mean and biased
+    variance, differentiated term by term in x (not through y):
+    dx = s * (dy - mean(dy)) - s^3 * (x - mu) * mean(dy * (x - mu))."""
+    x = np.asarray(x, np.float64)
+    dy = np.asarray(dy, np.float64)
+    dx = np.empty_like(x)
+    for c in range(x.shape[1]):
+        xc, dc = x[:, c], dy[:, c]
+        if var is not None:
+            dx[:, c] = dc / math.sqrt(float(var[c]) + eps)
+            continue
+        mu = xc.mean()
+        s = 1.0 / math.sqrt(((xc - mu) ** 2).mean() + eps)
+        dx[:, c] = s * (dc - dc.mean()) - s ** 3 * (xc - mu) * (dc * (xc - mu)).mean()
+    return dx
+
+
+def mvn_backward_reference(x, dy, normalize_variance=True, across_channels=False,
+                           eps=1e-9) -> np.ndarray:
+    """Caffe's MVN backward per image (or image channel): dy - mean(dy), and with
+    normalize_variance (dy - mean(dy) - mean(dy * y) * y) / (std + eps),
+    y the layer's output (Caffe's formula, exact for eps = 0)."""
+    x = np.asarray(x, np.float64)
+    dy = np.asarray(dy, np.float64)
+    y = mvn_reference(x, normalize_variance, across_channels, eps)
+    dx = np.empty_like(x)
+    groups = [(n,) for n in range(x.shape[0])] if across_channels else list(
+        np.ndindex(*x.shape[:2]))
+    for idx in groups:
+        g = dy[idx] - dy[idx].mean()
+        if normalize_variance:
+            std = math.sqrt(((x[idx] - x[idx].mean()) ** 2).mean())
+            g = (g - (dy[idx] * y[idx]).mean() * y[idx]) / (std + eps)
+        dx[idx] = g
+    return dx
+
+
+def affine_backward_reference(x, s, dy, axis):
+    """Scale/Bias (y = x * s + b, s and b aligned to x's axes from ``axis``):
+    returns (dx, ds, db) with ds and db summed over the broadcast axes."""
+    x = np.asarray(x, np.float64)
+    dy = np.asarray(dy, np.float64)
+    s = np.asarray(s, np.float64)
+    ds = np.zeros(s.shape)
+    db = np.zeros(s.shape)
+    dx = np.empty_like(x)
+    for i in np.ndindex(*x.shape):
+        j = i[axis:axis + s.ndim]
+        dx[i] = dy[i] * s[j]
+        ds[j] += dy[i] * x[i]
+        db[j] += dy[i]
+    return dx, ds, db
+
+
+def embed_backward_reference(index, dy, input_dim):
+    """Embed's (dW, db): row index[n] of dW sums dy[n] over every n."""
+    index = np.asarray(index).ravel().astype(int)
+    dy = np.asarray(dy, np.float64).reshape(index.size, -1)
+    dw = np.zeros((input_dim, dy.shape[1]))
+    for n, k in enumerate(index):
+        dw[k] += dy[n]
+    return dw, dy.sum(axis=0)

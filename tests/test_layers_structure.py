@@ -1,13 +1,24 @@
 """Structure layers: Concat, Slice, Split, Flatten, Reshape, Crop, Tile,
 Silence, Parameter, Eltwise, Reduction, Softmax, ArgMax -- shapes (Caffe's
-rules and errors) and forward against NumPy."""
+rules and errors), forward against NumPy, and backward: finite differences,
+the loop references of tests/reference.py, in place and aliased diffs."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from layer_harness import fill_params, infer_shapes, make_layer, run_layer, wired
+from layer_harness import check_gradients, fill_params, infer_shapes, make_layer, run_layer, wired
+from reference import (
+    concat_backward_reference,
+    crop_backward_reference,
+    eltwise_backward_reference,
+    reduction_backward_reference,
+    reduction_reference,
+    softmax_backward_reference,
+    softmax_reference,
+    tile_backward_reference,
+)
 
-from netdef.errors import GraphError, ShapeError
+from netdef.errors import GraphError, NetdefError, ShapeError
 
 
 def layer(type_, params="", bottoms=("x",), tops=("y",), name="L"):
@@ -432,3 +443,436 @@ def test_kinds():
                      "Flatten": "structure", "Reshape": "structure", "Eltwise": "elementwise",
                      "Reduction": "elementwise", "Softmax": "softmax", "ArgMax": "output",
                      "Silence": "structure"}
+
+
+# =====================================================================================
+# Backward: finite differences (check_gradients), NumPy references, in place
+# =====================================================================================
+def backward_of(lay, xs, dys, down=None, top_count=None, in_place=False):
+    """Forward ``xs``, set the top diffs to ``dys``, run backward; the bottom diffs
+    (None where propagate_down is False, their arrays left as they were)."""
+    run_layer(lay, xs, top_count=top_count, in_place=in_place)
+    bottoms, tops = wired(lay)
+    for top, dy in zip(tops, dys, strict=True):
+        top.diff[...] = dy
+    down = [True] * len(bottoms) if down is None else down
+    lay.backward(tops, down, bottoms)
+    return [b.diff.copy() if d else None for b, d in zip(bottoms, down, strict=True)]
+
+
+def distinct(*shape, count=1, seed=0, gap=0.1):
+    """``count`` arrays whose values are all distinct by at least ``gap`` (no max
+    ties within a finite-difference step)."""
+    n = int(np.prod(shape))
+    values = (np.random.default_rng(seed).permutation(n * count) - n * count / 2) * gap
+    return [values[i * n:(i + 1) * n].reshape(shape).astype(np.float32) for i in range(count)]
+
+
+# ---- Concat / Slice / Split ----------------------------------------------------------
+@pytest.mark.parametrize("params,shapes,axis", [
+    ("", [(2, 3, 4), (2, 2, 4)], 1),
+    ("concat_param { axis: 0 }", [(1, 3), (3, 3), (2, 3)], 0),
+    ("concat_param { axis: -1 }", [(2, 3, 1), (2, 3, 3)], 2),
+    ("concat_param { concat_dim: 2 }", [(2, 2, 1, 3), (2, 2, 2, 3)], 2),
+    ("", [(2, 3)], 1),
+])
+def test_concat_backward(params, shapes, axis):
+    names = [f"b{i}" for i in range(len(shapes))]
+    xs = [rand(*s, seed=i) for i, s in enumerate(shapes)]
+    assert check_gradients(layer("Concat", params, bottoms=names), xs) > 0
+    top_shape = infer_shapes(layer("Concat", params, bottoms=names), shapes)[0]
+    dy = rand(*top_shape, seed=9)
+    got = backward_of(layer("Concat", params, bottoms=names), xs, [dy])
+    for g, want in zip(got, concat_backward_reference(dy, shapes, axis), strict=True):
+        np.testing.assert_array_equal(g, want)
+
+
+def test_concat_backward_only_where_asked():
+    xs = [rand(2, 2, seed=1), rand(2, 3, seed=2), rand(2, 1, seed=3)]
+    lay = layer("Concat", bottoms=("a", "b", "c"))
+    run_layer(lay, xs)
+    bottoms, _ = wired(lay)
+    bottoms[1].diff[...] = 7.0
+    got = backward_of(lay, xs, [rand(2, 6, seed=4)], down=[True, False, True])
+    assert got[1] is None and (bottoms[1].diff == 7.0).all()
+    assert check_gradients(layer("Concat", bottoms=("a", "b", "c")), xs, [0, 2]) > 0
+
+
+@pytest.mark.parametrize("params,shape,ntops,axis", [
+    ("slice_param { slice_point: 1 slice_point: 4 }", (2, 6, 3), 3, 1),
+    ("", (2, 6, 3), 3, 1),
+    ("slice_param { axis: -1 }", (2, 3, 4), 2, 2),
+    ("slice_param { slice_dim: 0 slice_point: 3 }", (5, 2), 2, 0),
+    ("", (3, 4), 1, 1),
+])
+def test_slice_backward(params, shape, ntops, axis):
+    names = [f"t{i}" for i in range(ntops)]
+    x = rand(*shape)
+    assert check_gradients(layer("Slice", params, tops=names), [x]) > 0
+    tshapes = infer_shapes(layer("Slice", params, tops=names), [shape])
+    dys = [rand(*s, seed=10 + i) for i, s in enumerate(tshapes)]
+    (dx,) = backward_of(layer("Slice", params, tops=names), [x], dys)
+    # the adjoint of Concat's backward: dx is the tops' diffs side by side
+    parts = concat_backward_reference(dx, tshapes, axis)
+    for part, dy in zip(parts, dys, strict=True):
+        np.testing.assert_array_equal(part, dy)
+
+
+@pytest.mark.parametrize("ntops", [1, 2, 3])
+def test_split_backward_sums_every_top(ntops):
+    names = [f"s{i}" for i in range(ntops)]
+    x = rand(2, 3, 4)
+    assert check_gradients(layer("Split", tops=names), [x]) > 0
+    dys = [rand(2, 3, 4, seed=20 + i) for i in range(ntops)]
+    (dx,) = backward_of(layer("Split", tops=names), [x], dys)
+    np.testing.assert_allclose(dx, np.sum([d.astype(np.float64) for d in dys], axis=0),
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_split_tops_share_data_but_own_their_diffs():
+    lay = layer("Split", tops=("s0", "s1", "s2"))
+    x = rand(3, 4)
+    run_layer(lay, [x])
+    (bottom,), tops = wired(lay)
+    for top in tops:                      # as the memory planner binds them
+        top.share_data(bottom)
+    assert all(np.shares_memory(t.data, bottom.data) for t in tops)
+    dys = [np.full((3, 4), v, np.float32) for v in (1.0, 10.0, 100.0)]
+    for top, dy in zip(tops, dys, strict=True):
+        top.diff[...] = dy
+    assert not any(np.shares_memory(t.diff, bottom.diff) for t in tops)
+    bottom.diff[...] = -5.0                # overwritten, not accumulated
+    lay.backward(tops, [True], [bottom])
+    np.testing.assert_array_equal(bottom.diff, np.full((3, 4), 111.0))
+    np.testing.assert_array_equal(tops[1].diff, dys[1])      # the tops' diffs are untouched
+
+
+@pytest.mark.parametrize("alias", [0, 1, 2])
+def test_split_backward_when_one_top_diff_is_the_bottom_diff(alias):
+    lay = layer("Split", tops=("s0", "s1", "s2"))
+    run_layer(lay, [rand(5)])
+    (bottom,), tops = wired(lay)
+    tops[alias].bind(diff=bottom.diff)
+    for k, top in enumerate(tops):
+        top.diff[...] = 10.0 ** k
+    lay.backward(tops, [True], [bottom])
+    np.testing.assert_array_equal(bottom.diff, np.full(5, 111.0))
+
+
+# ---- Flatten / Reshape -------------------------------------------------------------------
+FLAT_CASES = [
+    ("Flatten", "", (2, 3, 4, 2)),
+    ("Flatten", "flatten_param { axis: 2 }", (2, 3, 4, 2)),
+    ("Reshape", "reshape_param { shape { dim: 0 dim: -1 dim: 2 } }", (2, 3, 4, 2)),
+    ("Reshape", "reshape_param { shape { dim: 4 dim: 3 } axis: 1 num_axes: 2 }", (2, 3, 4, 2)),
+]
+
+
+@pytest.mark.parametrize("type_,params,shape", FLAT_CASES)
+def test_flatten_reshape_backward(type_, params, shape):
+    x = rand(*shape)
+    assert check_gradients(layer(type_, params), [x]) > 0
+    lay = layer(type_, params)
+    (top_shape,) = infer_shapes(lay, [shape])
+    dy = rand(*top_shape, seed=3)
+    (dx,) = backward_of(lay, [x], [dy])
+    np.testing.assert_array_equal(dx, dy.reshape(shape))
+
+
+@pytest.mark.parametrize("type_,params,shape", FLAT_CASES)
+@pytest.mark.parametrize("share", ["data", "data+diff"])
+def test_flatten_reshape_backward_on_aliased_blobs(type_, params, shape, share):
+    """The net may bind the top's data (shares_data) and later its diff to the
+    bottom's arrays: backward must give the same bottom diff either way."""
+    lay = layer(type_, params)
+    assert lay.shares_data
+    x = rand(*shape)
+    run_layer(lay, [x])
+    (bottom,), (top,) = wired(lay)
+    top.share_data(bottom)
+    if share == "data+diff":
+        top.bind(diff=bottom.diff.reshape(top.shape))
+        assert np.shares_memory(top.diff, bottom.diff)
+    dy = rand(*top.shape, seed=4)
+    lay.forward([bottom], [top])
+    top.diff[...] = dy
+    lay.backward([top], [True], [bottom])
+    np.testing.assert_array_equal(bottom.diff, dy.reshape(shape))
+    np.testing.assert_array_equal(top.data, x.reshape(top.shape))
+
+
+# ---- Crop / Tile / Silence / Parameter ----------------------------------------------------
+@pytest.mark.parametrize("params,big,ref,offsets", [
+    ("crop_param { offset: 1 offset: 2 }", (2, 2, 5, 6), (1, 1, 3, 2), (0, 0, 1, 2)),
+    ("crop_param { offset: 1 }", (2, 2, 5, 6), (1, 1, 3, 4), (0, 0, 1, 1)),
+    ("", (2, 2, 4, 4), (9, 9, 3, 2), (0, 0, 0, 0)),
+    ("crop_param { axis: 1 offset: 1 offset: 0 offset: 2 }", (2, 3, 4, 5), (7, 2, 3, 2),
+     (0, 1, 0, 2)),
+])
+def test_crop_backward(params, big, ref, offsets):
+    xs = [rand(*big), rand(*ref, seed=1)]
+    assert check_gradients(layer("Crop", params, bottoms=("big", "ref")), xs, [0]) > 0
+    lay = layer("Crop", params, bottoms=("big", "ref"))
+    (top_shape,) = infer_shapes(lay, [big, ref])
+    dy = rand(*top_shape, seed=2)
+    run_layer(lay, xs)
+    bottoms, _ = wired(lay)
+    bottoms[0].diff[...] = 3.0             # stale values must not survive
+    bottoms[1].diff[...] = 3.0
+    dx, dref = backward_of(lay, xs, [dy])
+    np.testing.assert_array_equal(dx, crop_backward_reference(dy, big, offsets))
+    np.testing.assert_array_equal(dref, np.zeros(ref))     # a shape only: gradient 0
+
+
+@pytest.mark.parametrize("params,shape,axis", [
+    ("tile_param { tiles: 3 }", (2, 3, 2), 1),
+    ("tile_param { axis: -1 tiles: 2 }", (2, 3), 1),
+    ("tile_param { axis: 0 tiles: 2 }", (2, 3), 0),
+    ("tile_param { axis: 0 tiles: 1 }", (2, 3), 0),
+])
+def test_tile_backward(params, shape, axis):
+    x = rand(*shape)
+    assert check_gradients(layer("Tile", params), [x]) > 0
+    lay = layer("Tile", params)
+    (top_shape,) = infer_shapes(lay, [shape])
+    dy = rand(*top_shape, seed=5)
+    (dx,) = backward_of(lay, [x], [dy])
+    np.testing.assert_allclose(dx, tile_backward_reference(dy, shape, axis), rtol=1e-6,
+                               atol=1e-6)
+
+
+def test_silence_backward_zeroes_asked_bottoms_only():
+    lay = layer("Silence", bottoms=("a", "b"), tops=())
+    xs = [rand(2, 3), rand(4)]
+    run_layer(lay, xs)
+    bottoms, tops = wired(lay)
+    for b in bottoms:
+        b.diff[...] = 5.0
+    lay.backward(tops, [True, False], bottoms)
+    np.testing.assert_array_equal(bottoms[0].diff, np.zeros((2, 3)))
+    np.testing.assert_array_equal(bottoms[1].diff, np.full(4, 5.0))
+
+
+def test_parameter_backward_accumulates_into_its_blob():
+    text = ('layer { name: "p" type: "Parameter" top: "w" '
+            'parameter_param { shape { dim: 3 dim: 2 } } }')
+    lay = make_layer(text)
+    infer_shapes(lay, [])
+    fill_params(lay, seed=1)
+    assert check_gradients(lay, []) == 6
+    run_layer(lay, [])
+    _, (top,) = wired(lay)
+    blob = lay.blobs[0]
+    blob.diff[...] = 1.0
+    top.diff[...] = rand(3, 2, seed=2)
+    lay.param_propagate_down = [True]
+    lay.backward([top], [], [])
+    lay.backward([top], [], [])
+    np.testing.assert_allclose(blob.diff, 1.0 + 2 * rand(3, 2, seed=2), rtol=1e-6)
+    lay.param_propagate_down = [False]       # lr_mult: 0
+    lay.backward([top], [], [])
+    np.testing.assert_allclose(blob.diff, 1.0 + 2 * rand(3, 2, seed=2), rtol=1e-6)
+
+
+# ---- Eltwise -------------------------------------------------------------------------------
+ELTWISE_CASES = [
+    ("", "SUM", None, 2),
+    ("eltwise_param { coeff: 1 coeff: -2 coeff: 0.5 }", "SUM", [1.0, -2.0, 0.5], 3),
+    ("eltwise_param { operation: PROD }", "PROD", None, 2),
+    ("eltwise_param { operation: PROD }", "PROD", None, 3),
+    ("eltwise_param { operation: MAX }", "MAX", None, 2),
+    ("eltwise_param { operation: MAX }", "MAX", None, 3),
+]
+
+
+def eltwise_inputs(op, n, shape=(2, 3, 2), zeros=False):
+    if op == "MAX":
+        return distinct(*shape, count=n)
+    xs = [rand(*shape, seed=i) for i in range(n)]
+    if zeros:                              # exact zeros, one of them in two inputs
+        xs[0].reshape(-1)[[0, 3]] = 0.0
+        xs[1].reshape(-1)[[3, 5]] = 0.0
+    return xs
+
+
+@pytest.mark.parametrize("params,op,coeff,n", ELTWISE_CASES)
+def test_eltwise_backward(params, op, coeff, n):
+    names = "abc"[:n]
+    xs = eltwise_inputs(op, n)
+    assert check_gradients(layer("Eltwise", params, bottoms=names), xs) > 0
+    dy = rand(2, 3, 2, seed=7)
+    got = backward_of(layer("Eltwise", params, bottoms=names), xs, [dy])
+    for g, want in zip(got, eltwise_backward_reference(xs, dy, op, coeff), strict=True):
+        np.testing.assert_allclose(g, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_eltwise_prod_backward_with_zeros_is_exact(n):
+    names = "abc"[:n]
+    params = "eltwise_param { operation: PROD }"
+    xs = eltwise_inputs("PROD", n, zeros=True)
+    assert check_gradients(layer("Eltwise", params, bottoms=names), xs) > 0
+    dy = rand(2, 3, 2, seed=7)
+    got = backward_of(layer("Eltwise", params, bottoms=names), xs, [dy])
+    for g, want in zip(got, eltwise_backward_reference(xs, dy, "PROD"), strict=True):
+        assert np.isfinite(g).all()
+        np.testing.assert_allclose(g, want, rtol=1e-6, atol=1e-6)
+
+
+def test_eltwise_prod_unstable_grad_divides_like_caffe():
+    params = "eltwise_param { operation: PROD stable_prod_grad: false }"
+    xs = eltwise_inputs("PROD", 3)
+    assert check_gradients(layer("Eltwise", params, bottoms="abc"), xs) > 0
+    dy = rand(2, 3, 2, seed=7)
+    got = backward_of(layer("Eltwise", params, bottoms="abc"), xs, [dy])
+    ref = eltwise_backward_reference(xs, dy, "PROD", stable_prod_grad=False)
+    for g, want in zip(got, ref, strict=True):
+        np.testing.assert_allclose(g, want, rtol=1e-5, atol=1e-6)
+    xs = eltwise_inputs("PROD", 2, zeros=True)   # Caffe's 0 / 0: NaN where x_i is 0
+    got = backward_of(layer("Eltwise", params, bottoms="ab"), xs, [dy])
+    assert np.isnan(got[0].reshape(-1)[[0, 3]]).all()
+    assert np.isfinite(np.delete(got[0].reshape(-1), [0, 3])).all()
+
+
+def test_eltwise_max_backward_follows_the_forward_mask():
+    lay = layer("Eltwise", "eltwise_param { operation: MAX }", bottoms="abc")
+    a = np.array([1, 2, 3, 5], np.float32)
+    b = np.array([1, 3, 2, 5], np.float32)
+    c = np.array([0, 3, 4, 5], np.float32)
+    dy = np.array([10, 20, 30, 40], np.float32)
+    da, db, dc = backward_of(lay, [a, b, c], [dy])
+    np.testing.assert_array_equal(da, [0, 0, 0, 0])
+    np.testing.assert_array_equal(db, [10, 20, 0, 40])
+    np.testing.assert_array_equal(dc, [0, 0, 30, 0])
+
+
+@pytest.mark.parametrize("params,op,coeff,n", ELTWISE_CASES + [
+    ("eltwise_param { coeff: 3 coeff: 1 }", "SUM", [3.0, 1.0], 2),
+    ("eltwise_param { operation: PROD stable_prod_grad: false }", "PROD", None, 3),
+])
+def test_eltwise_backward_in_place(params, op, coeff, n):
+    names = "abc"[:n]
+    xs = eltwise_inputs(op, n, zeros=op == "PROD" and "stable" not in params)
+    dy = rand(2, 3, 2, seed=7)
+    want = backward_of(layer("Eltwise", params, bottoms=names), xs, [dy])
+    lay = layer("Eltwise", params, bottoms=names, tops=("a",))
+    got = backward_of(lay, xs, [dy], in_place=True)
+    bottoms, tops = wired(lay)
+    assert tops[0] is bottoms[0]
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6)
+
+
+def test_eltwise_backward_only_where_asked():
+    xs = eltwise_inputs("PROD", 3)
+    lay = layer("Eltwise", "eltwise_param { operation: PROD }", bottoms="abc")
+    got = backward_of(lay, xs, [rand(2, 3, 2, seed=7)], down=[False, True, False])
+    assert got[0] is None and got[2] is None and got[1] is not None
+    assert check_gradients(layer("Eltwise", "eltwise_param { operation: MAX }", bottoms="abc"),
+                           eltwise_inputs("MAX", 3), [2]) > 0
+
+
+# ---- Reduction -----------------------------------------------------------------------------
+@pytest.mark.parametrize("op", ["SUM", "ASUM", "SUMSQ", "MEAN"])
+@pytest.mark.parametrize("axis", [0, 1, 2, -1])
+def test_reduction_backward(op, axis):
+    params = f"reduction_param {{ operation: {op} axis: {axis} coeff: 1.5 }}"
+    x = rand(2, 3, 2) * 0.5
+    x[np.abs(x) < 0.02] = 0.3              # |x| keeps ASUM away from its kink at 0
+    assert check_gradients(layer("Reduction", params), [x]) > 0
+    lay = layer("Reduction", params)
+    (top_shape,) = infer_shapes(lay, [x.shape])
+    dy = rand(*top_shape, seed=8)
+    (dx,) = backward_of(lay, [x], [dy])
+    ax = axis % 3
+    np.testing.assert_allclose(dx, reduction_backward_reference(x, dy, op, ax, 1.5),
+                               rtol=1e-5, atol=1e-6)
+    (y,) = run_layer(layer("Reduction", params), [x])
+    np.testing.assert_allclose(y, reduction_reference(x, op, ax, 1.5), rtol=1e-5, atol=1e-6)
+
+
+def test_reduction_asum_gradient_is_zero_at_zero():
+    lay = layer("Reduction", "reduction_param { operation: ASUM axis: 1 }")
+    x = np.array([[0.0, -2.0, 3.0]], np.float32)
+    (dx,) = backward_of(lay, [x], [np.array([2.0], np.float32)])
+    np.testing.assert_array_equal(dx, [[0.0, -2.0, 2.0]])
+
+
+# ---- Softmax / ArgMax ------------------------------------------------------------------------
+@pytest.mark.parametrize("shape,axis", [
+    ((2, 5), 1), ((2, 3, 2, 2), 1), ((2, 3, 4), -1), ((3, 2, 2), 0), ((1, 4, 600), 1),
+])
+def test_softmax_backward(shape, axis):
+    params = f"softmax_param {{ axis: {axis} }}"
+    x = rand(*shape) * 2
+    assert check_gradients(layer("Softmax", params), [x]) > 0
+    dy = rand(*shape, seed=6)
+    (dx,) = backward_of(layer("Softmax", params), [x], [dy])
+    y = softmax_reference(x, axis)
+    np.testing.assert_allclose(dx, softmax_backward_reference(y, dy, axis), rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_softmax_backward_in_place():
+    x = rand(2, 4, 3) * 3
+    dy = rand(2, 4, 3, seed=6)
+    (want,) = backward_of(layer("Softmax"), [x], [dy])
+    lay = layer("Softmax", tops=("x",))
+    (got,) = backward_of(lay, [x], [dy], in_place=True)
+    (bottom,), (top,) = wired(lay)
+    assert top is bottom
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_softmax_backward_on_a_large_spatial_extent():
+    shape = (2, 8, 3000)
+    x, dy = rand(*shape), rand(*shape, seed=1)
+    (dx,) = backward_of(layer("Softmax"), [x], [dy])
+    y = softmax_reference(x, 1)
+    want = y * (dy - (dy * y).sum(axis=1, keepdims=True))
+    np.testing.assert_allclose(dx, want, rtol=1e-4, atol=1e-6)
+
+
+def test_argmax_backward_is_refused_only_when_asked():
+    lay = layer("ArgMax", "argmax_param { top_k: 2 }", name="am")
+    x = rand(2, 5)
+    run_layer(lay, [x])
+    bottoms, tops = wired(lay)
+    lay.backward(tops, [False], bottoms)              # nothing asked: nothing done
+    with pytest.raises(NetdefError, match="layer 'am' \\(ArgMax\\): is not differentiable") as err:
+        lay.backward(tops, [True], bottoms)
+    assert "'x' (2, 5)" in str(err.value)
+    assert lay.no_force_backward == (0,)
+
+
+def test_structure_layers_backward_in_a_net():
+    """Through the net: Flatten (a view), Softmax, a Split with three readers
+    (inserted by the graph; the diffs of its tops add up), Reduction, Eltwise."""
+    import netdef
+    from netdef.testing import GradientChecker
+
+    net = netdef.Net('''
+        force_backward: true
+        layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 dim: 4 } } }
+        layer { name: "in2" type: "Input" top: "s2" input_param { shape { dim: 2 } } }
+        layer { name: "fl" type: "Flatten" bottom: "x" top: "f" }
+        layer { name: "sm" type: "Softmax" bottom: "f" top: "p" }
+        layer { name: "r1" type: "Reduction" bottom: "p" top: "a"
+                reduction_param { operation: SUMSQ axis: 1 } }
+        layer { name: "r2" type: "Reduction" bottom: "p" top: "b"
+                reduction_param { operation: ASUM axis: 1 coeff: 2 } }
+        layer { name: "sl" type: "Slice" bottom: "p" top: "p0" top: "p1"
+                slice_param { slice_point: 5 } }
+        layer { name: "r3" type: "Reduction" bottom: "p1" top: "c"
+                reduction_param { operation: SUMSQ axis: 1 } }
+        layer { name: "e" type: "Eltwise" bottom: "a" bottom: "b" bottom: "c" top: "s"
+                eltwise_param { coeff: 1 coeff: -1 coeff: 3 } }
+        layer { name: "q" type: "Eltwise" bottom: "s" bottom: "s2" top: "t"
+                eltwise_param { operation: PROD } }
+        layer { name: "l" type: "Reduction" bottom: "t" top: "loss" loss_weight: 1 }
+        layer { name: "sil" type: "Silence" bottom: "p0" }
+    ''')
+    assert any(s.layer.type == "Split" and len(s.tops) == 3 for s in net._plan().steps)
+    net.blobs["x"].data[...] = rand(2, 3, 4)
+    net.blobs["s2"].data[...] = [1.5, -0.5]
+    assert GradientChecker().check_net(net, ["x", "s2"]) == 26

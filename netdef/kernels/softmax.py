@@ -7,6 +7,7 @@ both cores; within a task the C loop is outermost so the inner loop runs
 over contiguous memory.
 
 Dtypes: x3/out3 float32 3-D C-contiguous.  out3 may be x3 (in place).
+``softmax_backward`` takes the output y3 and the top diff dy3 the same way.
 """
 from __future__ import annotations
 
@@ -55,3 +56,25 @@ def softmax(x3, out3):
         for p in prange(outer * nblk):
             j0 = (p % nblk) * _BLOCK
             _softmax_task(x3, p // nblk, j0, min(j0 + _BLOCK, inner), out3)
+
+
+@kernel
+def softmax_backward(y3, dy3, dx3):
+    """dx3 = y3 * (dy3 - sum_c dy3 * y3), over axis 1, y3 the softmax output.
+
+    dx3 may be dy3 (an in-place Softmax: its top diff is its bottom diff).
+    Serial, unlike the forward: it is memory-bound, runs only in training
+    nets with a bare Softmax layer, and a parallel kernel costs seconds more
+    to compile on first use.
+    """
+    outer, n_ch, inner = y3.shape
+    # dot[j] = sum_c dy * y, complete before any dx is written: dx3 may be dy3
+    dot = np.empty(inner, np.float32)
+    for o in range(outer):
+        dot[:] = 0.0
+        for c in range(n_ch):
+            for j in range(inner):
+                dot[j] += dy3[o, c, j] * y3[o, c, j]
+        for c in range(n_ch):
+            for j in range(inner):
+                dx3[o, c, j] = y3[o, c, j] * (dy3[o, c, j] - dot[j])

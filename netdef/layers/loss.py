@@ -9,7 +9,15 @@ Sums are accumulated in float64 and stored as float32. Labels are read as
 Caffe reads them, ``static_cast<int>`` (truncation towards zero); a label
 outside [0, classes) that is not ``ignore_label`` is an InputError (Caffe
 only checks it in debug builds). Whatever backward needs (softmax
-probabilities, differences, sigmoid outputs) is kept on the layer.
+probabilities, differences, sigmoid outputs, label masks) is kept on the
+layer by forward.
+
+Backward follows Caffe: the gradient of the normalised loss, times
+``top_weight`` (the loss top's diff: its loss weight in a net, dL/dloss in
+the gradient checker). Labels (and InfogainLoss's H matrix) get no
+gradient: a ``propagate_down`` asking for one is a GraphError, and
+``no_force_backward`` lists those bottoms for ``force_backward``. A second
+top (the probabilities) passes no gradient back, as in Caffe.
 """
 from __future__ import annotations
 
@@ -17,7 +25,7 @@ import math
 
 import numpy as np
 
-from netdef.errors import InputError
+from netdef.errors import GraphError, InputError
 from netdef.layers.base import Layer, register
 from netdef.layers.structure import softmax_forward
 from netdef.frontend.schema import pb
@@ -44,6 +52,27 @@ def _ones_after_first(shape) -> bool:
 
 
 class _LabelReader(Layer):
+    # Bottoms Caffe never differentiates (labels, targets, H): backward
+    # refuses a gradient into them and force_backward leaves them alone
+    # (Caffe's AllowForceBackward).
+    no_force_backward: tuple[int, ...] = (1,)
+
+    def refuse_gradients(self, propagate_down) -> None:
+        """A GraphError when ``propagate_down`` asks for a bottom of
+        ``no_force_backward`` (False there is accepted silently)."""
+        for i in self.no_force_backward:
+            if i < len(propagate_down) and propagate_down[i]:
+                name = self._bottom_names[i] if i < len(self._bottom_names) else f"bottom{i}"
+                raise GraphError(
+                    f"layer '{self.name}' ({self.type}) cannot backpropagate to bottom {i} "
+                    f"'{name}' ({self.gradient_free_text(i)}); bottoms: {self.bottoms_text()}",
+                    where=self.where,
+                    hint=f"write propagate_down: false for bottom {i} (one propagate_down "
+                         "per bottom, in order)")
+
+    def gradient_free_text(self, i: int) -> str:
+        return "the labels"
+
     def read_labels(self, blob, shape, n_classes: int, ignore=None):
         """Integer labels of ``blob`` reshaped to ``shape`` and the mask of those
         not equal to ``ignore``; raises InputError for an out-of-range label."""
@@ -123,12 +152,20 @@ class LossLayer(_LabelReader):
         if tops:
             tops[0].data[...] = value
 
+    def loss_scale(self, tops, normalizer: float) -> float:
+        """The factor every backward applies: top_weight / normalizer."""
+        return self.top_weight(tops) / normalizer
+
 
 @register("SoftmaxWithLoss")
 class SoftmaxWithLoss(LossLayer):
-    """loss = -sum log(softmax(x)[label]) / normalizer, softmax along
-    softmax_param.axis (default 1); labels have one entry per position of the
-    other axes. Optional top 1: the probabilities (kept in ``prob``)."""
+    """loss = -sum log(max(softmax(x)[label], FLT_MIN)) / normalizer, softmax
+    along softmax_param.axis (default 1); labels have one entry per position
+    of the other axes. Normalizer: loss_param.normalization (default VALID),
+    or the legacy ``normalize`` (true: VALID, false: BATCH_SIZE) when
+    normalization is not written. Gradient: (softmax(x) - onehot(label)) /
+    normalizer, 0 at ignored positions. Optional top 1: the probabilities
+    (kept in ``prob``; no gradient flows back from it)."""
 
     num_tops = (0, 2)
 
@@ -151,12 +188,28 @@ class SoftmaxWithLoss(LossLayer):
         labels, valid = self.read_labels(bottoms[1], (self.outer, self.inner), self.classes,
                                          self.ignore_label)
         prob3 = self.prob.reshape(self.outer, self.classes, self.inner)
-        picked = np.take_along_axis(prob3, np.where(valid, labels, 0)[:, None, :], axis=1)[:, 0]
+        self.labels = np.where(valid, labels, 0)
+        self.valid = valid
+        picked = np.take_along_axis(prob3, self.labels[:, None, :], axis=1)[:, 0]
         loss = -np.log(np.maximum(picked[valid].astype(np.float64), FLT_MIN)).sum()
         self.valid_count = int(valid.sum())
         self.set_loss(tops, loss / self.normalizer(self.valid_count, self.outer, self.inner))
         if len(tops) > 1:
             tops[1].data[...] = self.prob
+
+    def backward(self, tops, propagate_down, bottoms):
+        # d loss / d x = (softmax(x) - onehot(label)) * weight / normalizer,
+        # 0 at ignored positions (the FLT_MIN clamp is not differentiated).
+        self.refuse_gradients(propagate_down)
+        if not propagate_down[0]:
+            return
+        scale = self.loss_scale(tops, self.normalizer(self.valid_count, self.outer, self.inner))
+        grad = self.prob.reshape(self.outer, self.classes, self.inner) * np.float32(scale)
+        outer_idx, inner_idx = np.nonzero(self.valid)
+        grad[outer_idx, self.labels[outer_idx, inner_idx], inner_idx] -= np.float32(scale)
+        if self.ignore_label is not None:
+            grad *= self.valid[:, None, :]
+        bottoms[0].diff[...] = grad.reshape(bottoms[0].shape)
 
 
 @register("Accuracy")
@@ -164,7 +217,8 @@ class Accuracy(_LabelReader):
     """Fraction of (non-ignored) labels among the ``top_k`` highest scores along
     accuracy_param.axis (default 1). A tie with the true class's score counts
     against it, as in Caffe. Optional top 1: accuracy per class, shape (C,),
-    0 for classes without labels. Not a loss (no loss weight)."""
+    0 for classes without labels. Not a loss (no loss weight) and no
+    gradient: backward refuses any propagate_down."""
 
     num_bottoms = 2
     num_tops = (1, 2)
@@ -206,11 +260,22 @@ class Accuracy(_LabelReader):
             hits = np.bincount(labels[hit], minlength=self.classes)
             tops[1].data[...] = np.where(seen > 0, hits / np.maximum(seen, 1), 0.0)
 
+    # A metric: neither the scores nor the labels get a gradient (Caffe's
+    # NOT_IMPLEMENTED); force_backward leaves both alone.
+    no_force_backward = (0, 1)
+
+    def gradient_free_text(self, i):
+        return "Accuracy is a metric and has no gradient"
+
+    def backward(self, tops, propagate_down, bottoms):
+        self.refuse_gradients(propagate_down)
+
 
 @register("EuclideanLoss")
 class EuclideanLoss(LossLayer):
     """loss = sum((a - b)^2) / N / 2 over two bottoms with the same count per item.
-    Keeps ``diff`` = a - b."""
+    Keeps ``diff`` = a - b; gradients (a - b) / N into a and -(a - b) / N
+    into b (both bottoms are differentiable)."""
 
     def reshape(self, bottoms, tops):
         super().reshape(bottoms, tops)
@@ -223,15 +288,26 @@ class EuclideanLoss(LossLayer):
         d = self.diff.reshape(-1).astype(np.float64)
         self.set_loss(tops, d @ d / bottoms[0].shape[0] / 2.0)
 
+    # Both bottoms are differentiable (a regression target may be learnt).
+    no_force_backward = ()
+
+    def backward(self, tops, propagate_down, bottoms):
+        # d loss / d a = (a - b) / N, d loss / d b = -(a - b) / N
+        for i, sign in ((0, 1.0), (1, -1.0)):
+            if propagate_down[i]:
+                alpha = sign * self.loss_scale(tops, bottoms[i].shape[0])
+                bottoms[i].diff[...] = (self.diff * np.float32(alpha)).reshape(bottoms[i].shape)
+
 
 @register("SigmoidCrossEntropyLoss")
 class SigmoidCrossEntropyLoss(LossLayer):
     """loss = -sum(t log s(x) + (1 - t) log(1 - s(x))) / normalizer, s the sigmoid,
     computed overflow-free as x (t - [x >= 0]) - log(1 + exp(x - 2 x [x >= 0])).
 
-    Targets equal to ignore_label are skipped. The normalization defaults to
-    BATCH_SIZE (Caffe keeps this layer's historical divide-by-N), not VALID.
-    Keeps ``sigmoid`` = s(x) for backward.
+    Targets equal to ignore_label (compared as ints) are skipped. The
+    normalization defaults to BATCH_SIZE (Caffe keeps this layer's
+    historical divide-by-N), not VALID. Gradient: (s(x) - t) / normalizer,
+    0 at ignored targets. Keeps ``sigmoid`` = s(x) for backward.
     """
 
     default_normalization = _MODE.BATCH_SIZE
@@ -249,18 +325,35 @@ class SigmoidCrossEntropyLoss(LossLayer):
         valid = np.ones(x.size, bool)
         if self.ignore_label is not None:
             valid = t.astype(np.int64) != self.ignore_label
+        self.valid = valid
         self.sigmoid = (1.0 / (1.0 + np.exp(-x))).astype(np.float32).reshape(bottoms[0].shape)
         outer = bottoms[0].shape[0]
-        norm = self.normalizer(int(valid.sum()), outer, x.size // max(outer, 1))
-        self.set_loss(tops, -terms[valid].sum() / norm)
+        self.norm = self.normalizer(int(valid.sum()), outer, x.size // max(outer, 1))
+        self.set_loss(tops, -terms[valid].sum() / self.norm)
+
+    def backward(self, tops, propagate_down, bottoms):
+        # d loss / d x = (sigmoid(x) - t) / normalizer, 0 where t is ignored
+        self.refuse_gradients(propagate_down)
+        if not propagate_down[0]:
+            return
+        grad = self.sigmoid.reshape(-1) - bottoms[1].data.reshape(-1)
+        if self.ignore_label is not None:
+            grad[~self.valid] = 0.0
+        grad *= np.float32(self.loss_scale(tops, self.norm))
+        bottoms[0].diff[...] = grad.reshape(bottoms[0].shape)
+
+    def gradient_free_text(self, i):
+        return "the targets"
 
 
 @register("ContrastiveLoss")
 class ContrastiveLoss(LossLayer):
     """Siamese loss over features a, b (N, C) and similarity y (N,):
     d^2 = |a - b|^2; loss = sum(y d^2 + (1 - y) max(margin - d, 0)^2) / N / 2,
-    or with legacy_version max(margin - d^2, 0) for dissimilar pairs.
-    Keeps ``diff`` = a - b and ``dist_sq`` for backward."""
+    or with legacy_version max(margin - d^2, 0) for dissimilar pairs
+    (y is read as an int: nonzero means similar). Both features get
+    gradients, of opposite signs; y gets none. Keeps ``diff`` = a - b and
+    ``dist_sq`` for backward."""
 
     num_bottoms = 3
 
@@ -281,6 +374,7 @@ class ContrastiveLoss(LossLayer):
         d = self.diff.astype(np.float64)
         self.dist_sq = (d * d).sum(axis=1)
         similar = bottoms[2].data.reshape(n).astype(np.int64) != 0
+        self.similar = similar
         if p.legacy_version:
             apart = np.maximum(p.margin - self.dist_sq, 0.0)
         else:
@@ -288,12 +382,40 @@ class ContrastiveLoss(LossLayer):
         loss = np.where(similar, self.dist_sq, apart).sum()
         self.set_loss(tops, loss / n / 2.0)
 
+    no_force_backward = (2,)
+
+    def gradient_free_text(self, i):
+        return "the similarity labels"
+
+    def backward(self, tops, propagate_down, bottoms):
+        # Per pair, d loss / d a (and minus it for b), over N:
+        #   similar:    (a - b)
+        #   dissimilar: -(margin - d) / (d + 1e-4) (a - b) while d < margin
+        #               (Caffe's 1e-4 keeps d = 0 finite), or with
+        #               legacy_version -(a - b) while d^2 < margin.
+        self.refuse_gradients(propagate_down)
+        p = self.param.contrastive_loss_param
+        n = bottoms[0].shape[0]
+        if p.legacy_version:
+            apart = np.where(p.margin - self.dist_sq > 0.0, -1.0, 0.0)
+        else:
+            dist = np.sqrt(self.dist_sq)
+            gap = p.margin - dist
+            apart = np.where(gap > 0.0, -gap / (dist + 1e-4), 0.0)
+        per_pair = np.where(self.similar, 1.0, apart)[:, None]
+        for i, sign in ((0, 1.0), (1, -1.0)):
+            if propagate_down[i]:
+                alpha = sign * self.loss_scale(tops, n)
+                grad = (alpha * per_pair) * self.diff
+                bottoms[i].diff[...] = grad.reshape(bottoms[i].shape)
+
 
 @register("HingeLoss")
 class HingeLoss(LossLayer):
     """One-vs-all hinge loss over scores (N, K) and labels (N,):
     m_ik = max(0, 1 - d_ik x_ik) with d = +1 for the true class, -1 otherwise;
-    loss = sum m / N (L1, default) or sum m^2 / N (L2). Keeps ``margins``."""
+    loss = sum m / N (L1, default) or sum m^2 / N (L2). Gradient -d_ik (L1)
+    or -2 m_ik d_ik (L2) over N where m_ik > 0. Keeps ``margins``."""
 
     def reshape(self, bottoms, tops):
         super().reshape(bottoms, tops)
@@ -306,17 +428,31 @@ class HingeLoss(LossLayer):
         labels, _ = self.read_labels(bottoms[1], (n,), scores.shape[1])
         sign = np.ones_like(scores)
         sign[np.arange(n), labels] = -1.0
+        self.sign = sign
         self.margins = np.maximum(0.0, 1.0 + sign * scores)
         if self.param.hinge_loss_param.norm == pb.HingeLossParameter.L2:
             self.set_loss(tops, (self.margins ** 2).sum() / n)
         else:
             self.set_loss(tops, self.margins.sum() / n)
 
+    def backward(self, tops, propagate_down, bottoms):
+        # d m_ik / d x_ik = -d_ik where m_ik > 0: L1 gives that sign, L2 2 m times it
+        self.refuse_gradients(propagate_down)
+        if not propagate_down[0]:
+            return
+        if self.param.hinge_loss_param.norm == pb.HingeLossParameter.L2:
+            grad = 2.0 * self.margins * self.sign
+        else:
+            grad = np.where(self.margins > 0.0, self.sign, 0.0)
+        grad *= self.loss_scale(tops, bottoms[0].shape[0])
+        bottoms[0].diff[...] = grad.reshape(bottoms[0].shape)
+
 
 @register("MultinomialLogisticLoss")
 class MultinomialLogisticLoss(LossLayer):
     """loss = -sum log(max(p[label], 1e-20)) / N over probabilities (N, K) and
-    labels (N,) or (N, 1, 1, 1)."""
+    labels (N,) or (N, 1, 1, 1). No ignore_label, no normalization (Caffe's).
+    Gradient: -1 / max(p[label], 1e-20) / N at the labelled entry, else 0."""
 
     def reshape(self, bottoms, tops):
         super().reshape(bottoms, tops)
@@ -327,8 +463,19 @@ class MultinomialLogisticLoss(LossLayer):
         n = bottoms[0].shape[0]
         prob = bottoms[0].data.reshape(n, -1)
         labels, _ = self.read_labels(bottoms[1], (n,), prob.shape[1])
-        picked = prob[np.arange(n), labels].astype(np.float64)
-        self.set_loss(tops, -np.log(np.maximum(picked, LOG_THRESHOLD)).sum() / n)
+        self.labels = labels
+        self.picked = np.maximum(prob[np.arange(n), labels].astype(np.float64), LOG_THRESHOLD)
+        self.set_loss(tops, -np.log(self.picked).sum() / n)
+
+    def backward(self, tops, propagate_down, bottoms):
+        # only the labelled probability moves the loss: -1 / max(p, 1e-20) / N
+        self.refuse_gradients(propagate_down)
+        if not propagate_down[0]:
+            return
+        n = bottoms[0].shape[0]
+        grad = np.zeros((n, bottoms[0].count // max(n, 1)), np.float32)
+        grad[np.arange(n), self.labels] = -self.loss_scale(tops, n) / self.picked
+        bottoms[0].diff[...] = grad.reshape(bottoms[0].shape)
 
 
 @register("InfogainLoss")
@@ -336,7 +483,10 @@ class InfogainLoss(LossLayer):
     """loss = -sum_k H[label, k] log(max(softmax(x)_k, 1e-20)) / normalizer,
     softmax along infogain_loss_param.axis (default 1). H (K x K) is bottom 2,
     or read from infogain_loss_param.source (a binaryproto BlobProto). H = I
-    gives SoftmaxWithLoss. Optional top 1: the probabilities (``prob``)."""
+    gives SoftmaxWithLoss. Normalization as SoftmaxWithLoss's, but the legacy
+    ``normalize`` is refused (as Caffe). Gradient: p_k sum_j H[label, j] -
+    H[label, k] over the normalizer; H gets none. Optional top 1: the
+    probabilities (``prob``)."""
 
     num_bottoms = (2, 3)
     num_tops = (0, 2)
@@ -392,10 +542,30 @@ class InfogainLoss(LossLayer):
                                          self.ignore_label)
         logp = np.log(np.maximum(self.prob.reshape(self.outer, self.classes, self.inner)
                                  .astype(np.float64), LOG_THRESHOLD))
-        rows = h[np.where(valid, labels, 0)]                 # (outer, inner, K)
+        self.h, self.labels, self.valid = h, np.where(valid, labels, 0), valid
+        rows = h[self.labels]                               # (outer, inner, K)
         per_pos = np.einsum("oik,oki->oi", rows, logp)
         self.valid_count = int(valid.sum())
         loss = -per_pos[valid].sum()
         self.set_loss(tops, loss / self.normalizer(self.valid_count, self.outer, self.inner))
         if len(tops) > 1:
             tops[1].data[...] = self.prob
+
+    no_force_backward = (1, 2)
+
+    def gradient_free_text(self, i):
+        return "the labels" if i == 1 else "the infogain matrix H"
+
+    def backward(self, tops, propagate_down, bottoms):
+        # d loss / d x_k = p_k sum_j H[label, j] - H[label, k] (over the
+        # normaliser), 0 at ignored positions; the 1e-20 clamp is not
+        # differentiated.
+        self.refuse_gradients(propagate_down)
+        if not propagate_down[0]:
+            return
+        row_sums = self.h.sum(axis=1)[self.labels]          # (outer, inner)
+        prob3 = self.prob.reshape(self.outer, self.classes, self.inner).astype(np.float64)
+        grad = prob3 * row_sums[:, None, :] - self.h[self.labels].transpose(0, 2, 1)
+        grad *= self.valid[:, None, :]
+        grad *= self.loss_scale(tops, self.normalizer(self.valid_count, self.outer, self.inner))
+        bottoms[0].diff[...] = grad.reshape(bottoms[0].shape)

@@ -5,6 +5,13 @@ change where numbers live, not their values; Eltwise and Reduction combine
 values elementwise or along axes; Softmax and ArgMax turn scores into
 probabilities or indices. Shape rules and their error messages follow
 Caffe's, with every bottom's shape in the message.
+
+Backward follows Caffe's rules: the data movers move the top diffs back
+(Split adds up its tops' diffs, Crop fills zeros outside its window;
+Silence's bottoms and Crop's reference bottom get zero gradients);
+Parameter adds the top diff to its blob's diff; ArgMax has no gradient. Views (Split, Flatten, Reshape,
+a single-bottom Concat or single-top Slice) copy nothing when the net has
+already made the diffs one array.
 """
 from __future__ import annotations
 
@@ -25,6 +32,17 @@ def _same_buffer(a: np.ndarray, b: np.ndarray) -> bool:
 def _copy_unless_shared(src: np.ndarray, dst: np.ndarray) -> None:
     if not _same_buffer(src, dst):
         dst[...] = src.reshape(dst.shape)
+
+
+def _no_gradient(layer: Layer, propagate_down) -> None:
+    """Backward of a layer Caffe does not differentiate: an error only when a
+    gradient is asked for."""
+    if any(propagate_down):
+        asked = [i for i, down in enumerate(propagate_down) if down]
+        raise layer.config_error(
+            f"is not differentiable (as in Caffe), but backward was asked for the "
+            f"gradient of bottom {', '.join(map(str, asked))}; bottoms: {layer.bottoms_text()}",
+            hint="give the layer propagate_down: false, or do not feed its top to a loss")
 
 
 def _axis_param(layer: Layer, param, legacy: str, ndim: int) -> int:
@@ -74,6 +92,21 @@ class Concat(Layer):
             return
         np.concatenate([b.data for b in bottoms], axis=self.axis, out=tops[0].data)
 
+    def backward(self, tops, propagate_down, bottoms):
+        """Each bottom's diff is its part of the top diff along the axis."""
+        dy = tops[0].diff
+        if len(bottoms) == 1:
+            if propagate_down[0]:
+                _copy_unless_shared(dy, bottoms[0].diff)
+            return
+        lead = (slice(None),) * self.axis
+        lo = 0
+        for bottom, down in zip(bottoms, propagate_down, strict=True):
+            hi = lo + bottom.shape[self.axis]
+            if down:
+                bottom.diff[...] = dy[lead + (slice(lo, hi),)]
+            lo = hi
+
 
 @register("Slice")
 class Slice(Layer):
@@ -112,6 +145,18 @@ class Slice(Layer):
         for top, lo, hi in zip(tops, self.bounds, self.bounds[1:], strict=False):
             top.data[...] = x[lead + (slice(lo, hi),)]
 
+    def backward(self, tops, propagate_down, bottoms):
+        """The bottom diff is the tops' diffs put back side by side."""
+        if not propagate_down[0]:
+            return
+        dx = bottoms[0].diff
+        if len(tops) == 1:
+            _copy_unless_shared(tops[0].diff, dx)
+            return
+        lead = (slice(None),) * self.axis
+        for top, lo, hi in zip(tops, self.bounds, self.bounds[1:], strict=False):
+            dx[lead + (slice(lo, hi),)] = top.diff
+
 
 @register("Split")
 class Split(_NotInPlace):
@@ -136,6 +181,29 @@ class Split(_NotInPlace):
     def forward(self, bottoms, tops):
         for top in tops:
             _copy_unless_shared(bottoms[0].data, top.data)
+
+    def backward(self, tops, propagate_down, bottoms):
+        """bottom diff = the sum of every top's diff (each top has its own diff).
+
+        Also correct when the net makes one top's diff the bottom's own
+        array: that top's diff is then the starting sum.
+        """
+        if not propagate_down[0]:
+            return
+        dx = bottoms[0].diff
+        diffs = [t.diff for t in tops]
+        shared = [d for d in diffs if _same_buffer(d, dx)]
+        if shared:
+            for d in diffs:
+                if d is not shared[0]:
+                    dx += d
+            return
+        if len(diffs) == 1:
+            dx[...] = diffs[0]
+            return
+        np.add(diffs[0], diffs[1], out=dx)
+        for d in diffs[2:]:
+            dx += d
 
 
 @register("Flatten")
@@ -163,6 +231,11 @@ class Flatten(_NotInPlace):
 
     def forward(self, bottoms, tops):
         _copy_unless_shared(bottoms[0].data, tops[0].data)
+
+    def backward(self, tops, propagate_down, bottoms):
+        """The top diff, reshaped (nothing to do when the net aliases the diffs)."""
+        if propagate_down[0]:
+            _copy_unless_shared(tops[0].diff, bottoms[0].diff)
 
 
 @register("Reshape")
@@ -230,6 +303,11 @@ class Reshape(_NotInPlace):
     def forward(self, bottoms, tops):
         _copy_unless_shared(bottoms[0].data, tops[0].data)
 
+    def backward(self, tops, propagate_down, bottoms):
+        """The top diff, reshaped (nothing to do when the net aliases the diffs)."""
+        if propagate_down[0]:
+            _copy_unless_shared(tops[0].diff, bottoms[0].diff)
+
 
 @register("Crop")
 class Crop(Layer):
@@ -267,6 +345,16 @@ class Crop(Layer):
     def forward(self, bottoms, tops):
         tops[0].data[...] = bottoms[0].data[tuple(self.slices)]
 
+    def backward(self, tops, propagate_down, bottoms):
+        """Bottom 0: the top diff inside the crop window, 0 outside. Bottom 1
+        only gives a shape, so its gradient is 0 (written when asked for)."""
+        if propagate_down[0]:
+            dx = bottoms[0].diff
+            dx[...] = 0.0
+            dx[tuple(self.slices)] = tops[0].diff
+        if propagate_down[1]:
+            bottoms[1].diff[...] = 0.0
+
 
 @register("Tile")
 class Tile(Layer):
@@ -293,10 +381,23 @@ class Tile(Layer):
         reps[self.axis] = self.tiles
         tops[0].data[...] = np.tile(bottoms[0].data, reps)
 
+    def backward(self, tops, propagate_down, bottoms):
+        """Each bottom element gets the sum of the diffs of its ``tiles`` copies.
+
+        The top is (outer, tiles, inner) with inner the bottom's count from
+        ``axis`` on (every copy of that block, one after the other)."""
+        if not propagate_down[0]:
+            return
+        shape = bottoms[0].shape
+        outer, inner = math.prod(shape[:self.axis]), math.prod(shape[self.axis:])
+        dy = tops[0].diff.reshape(outer, self.tiles, inner)
+        np.sum(dy, axis=1, out=bottoms[0].diff.reshape(outer, inner))
+
 
 @register("Silence")
 class Silence(Layer):
-    """Consume blobs so they are not net outputs; no tops, no work."""
+    """Consume blobs so they are not net outputs; no tops, no forward work;
+    backward gives zero gradients where asked."""
 
     num_bottoms = (1, None)
     num_tops = 0
@@ -307,6 +408,12 @@ class Silence(Layer):
 
     def forward(self, bottoms, tops):
         pass
+
+    def backward(self, tops, propagate_down, bottoms):
+        """Nothing depends on the bottoms here: their gradient is 0."""
+        for bottom, down in zip(bottoms, propagate_down, strict=True):
+            if down:
+                bottom.diff[...] = 0.0
 
 
 @register("Parameter")
@@ -327,6 +434,13 @@ class Parameter(Layer):
     def forward(self, bottoms, tops):
         _copy_unless_shared(self.blobs[0].data, tops[0].data)
 
+    def backward(self, tops, propagate_down, bottoms):
+        """The blob's diff accumulates the top diff (parameter diffs add up).
+        A top diff that the net made the blob's own diff is already there."""
+        blob = self.blobs[0]
+        if self.param_propagate_down[0] and not _same_buffer(tops[0].diff, blob.diff):
+            blob.diff[...] += tops[0].diff.reshape(blob.shape)
+
 
 _ELTWISE = pb.EltwiseParameter
 
@@ -338,11 +452,21 @@ class Eltwise(Layer):
 
     Caffe breaks a tie between the first two bottoms towards bottom 1 and
     later ties towards the earlier bottom; the kernels reproduce that.
+
+    Backward (dy the top diff): SUM dx_i = coeff_i dy; MAX dx_i = dy where
+    bottom i won, else 0; PROD dx_i = dy * (product of the other bottoms)
+    with ``stable_prod_grad`` (the default; exact with zeros), else Caffe's
+    dy * top / x_i (inf/NaN where x_i is 0). In place (top is bottom 0),
+    bottom 0's diff is the top diff, so it is written last; PROD then keeps
+    a copy of bottom 0's data for backward.
     """
 
     num_bottoms = (2, None)
     num_tops = 1
     kind = "elementwise"
+    # Set False by the compiler when nothing runs backward: forward then
+    # keeps no copy for it.
+    needs_backward = True
 
     def setup(self, bottoms, tops):
         p = self.param.eltwise_param
@@ -354,7 +478,9 @@ class Eltwise(Layer):
             raise self.config_error(f"{len(coeff)} coeff values for {len(bottoms)} bottoms; "
                                     "give one per bottom")
         self.coeff = [float(c) for c in coeff] or [1.0] * len(bottoms)
+        self.stable_prod_grad = bool(p.stable_prod_grad)
         self.mask = None
+        self.saved_x0 = None
 
     def reshape(self, bottoms, tops):
         first = bottoms[0].shape
@@ -373,6 +499,8 @@ class Eltwise(Layer):
             for x, c in zip(flat[1:], self.coeff[1:], strict=True):
                 k.eltwise_sum(dst, x, c)
         elif self.operation == _ELTWISE.PROD:
+            if tops[0] is bottoms[0] and self.needs_backward:
+                self.saved_x0 = flat[0].copy()    # about to be overwritten by the product
             dst[...] = flat[0]
             for x in flat[1:]:
                 k.eltwise_prod(dst, x)
@@ -381,6 +509,46 @@ class Eltwise(Layer):
             k.eltwise_max_pair(flat[0], flat[1], dst, self.mask)
             for i, x in enumerate(flat[2:], start=2):
                 k.eltwise_max(dst, x, self.mask, i)
+
+    def backward(self, tops, propagate_down, bottoms):
+        from netdef.kernels import elementwise as k
+
+        dy = tops[0].diff.reshape(-1)
+        # Bottom 0 last: in place, its diff is the top diff.
+        order = [i for i in range(1, len(bottoms)) if propagate_down[i]]
+        order += [0] if propagate_down[0] else []
+        if self.operation == _ELTWISE.SUM:
+            for i in order:
+                dx = bottoms[i].diff.reshape(-1)
+                if self.coeff[i] == 1.0:
+                    _copy_unless_shared(dy, dx)
+                else:
+                    np.multiply(dy, np.float32(self.coeff[i]), out=dx)
+        elif self.operation == _ELTWISE.MAX:
+            for i in order:
+                k.eltwise_max_backward(dy, self.mask, i, bottoms[i].diff.reshape(-1))
+        else:
+            xs = [b.data.reshape(-1) for b in bottoms]
+            if tops[0] is bottoms[0]:
+                xs[0] = self.saved_x0
+            for i in order:
+                self._prod_backward(k, xs, i, tops[0].data.reshape(-1), dy,
+                                    bottoms[i].diff.reshape(-1))
+
+    def _prod_backward(self, k, xs, i, y, dy, dx) -> None:
+        if not self.stable_prod_grad:
+            with np.errstate(divide="ignore", invalid="ignore"):   # 0 / 0 is NaN, as Caffe
+                np.multiply(np.divide(y, xs[i]), dy, out=dx)        # top / x_i, then * dy
+            return
+        others = [x for j, x in enumerate(xs) if j != i]
+        if _same_buffer(dx, dy):       # in place, bottom 0: dy is already in dx
+            for x in others:
+                k.eltwise_prod(dx, x)
+            return
+        dx[...] = others[0]            # Caffe's order: the others' product, then * dy
+        for x in others[1:]:
+            k.eltwise_prod(dx, x)
+        k.eltwise_prod(dx, dy)
 
 
 _REDUCTION = pb.ReductionParameter
@@ -414,6 +582,27 @@ class Reduction(Layer):
             result /= max(rows.shape[1], 1)
         tops[0].data[...] = (result * p.coeff).reshape(tops[0].shape)
 
+    def backward(self, tops, propagate_down, bottoms):
+        """dx = g * (1, sign(x), 2x or 1/dim) with g = coeff * dy of x's row
+        (sign(0) = 0, as Caffe)."""
+        if not propagate_down[0]:
+            return
+        p = self.param.reduction_param
+        shape = bottoms[0].shape
+        outer, dim = math.prod(shape[:self.axis]), math.prod(shape[self.axis:])
+        coeff = np.float32(p.coeff)
+        if p.operation == _REDUCTION.MEAN:
+            coeff /= np.float32(max(dim, 1))
+        g = tops[0].diff.reshape(outer, 1) * coeff
+        dx = bottoms[0].diff.reshape(outer, dim)
+        x = bottoms[0].data.reshape(outer, dim)
+        if p.operation == _REDUCTION.ASUM:
+            np.multiply(np.sign(x), g, out=dx)
+        elif p.operation == _REDUCTION.SUMSQ:
+            np.multiply(x, 2 * g, out=dx)
+        else:
+            dx[...] = g
+
 
 @register("Softmax")
 class Softmax(Layer):
@@ -431,19 +620,44 @@ class Softmax(Layer):
     def forward(self, bottoms, tops):
         softmax_forward(bottoms[0].data, tops[0].data, self.axis)
 
+    def backward(self, tops, propagate_down, bottoms):
+        """dx = y * (dy - sum(dy * y)) along the axis (from the top's data, so
+        in place works: there the top diff is the bottom diff)."""
+        if propagate_down[0]:
+            softmax_backward(tops[0].data, tops[0].diff, bottoms[0].diff, self.axis)
+
+
+def _as3(a: np.ndarray, axis: int) -> np.ndarray:
+    shape = a.shape
+    return np.ascontiguousarray(a).reshape(
+        math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:]))
+
 
 def softmax_forward(x: np.ndarray, out: np.ndarray, axis: int) -> None:
     """Softmax of ``x`` along ``axis`` into ``out`` (may be ``x``); shared with the losses."""
     from netdef.kernels.softmax import softmax
 
-    shape = x.shape
-    x3 = np.ascontiguousarray(x).reshape(math.prod(shape[:axis]), shape[axis], -1)
+    x3 = _as3(x, axis)
     if out.flags.c_contiguous:
         softmax(x3, out.reshape(x3.shape))
     else:
         tmp = np.empty(x3.shape, np.float32)
         softmax(x3, tmp)
-        out[...] = tmp.reshape(shape)
+        out[...] = tmp.reshape(x.shape)
+
+
+def softmax_backward(y: np.ndarray, dy: np.ndarray, dx: np.ndarray, axis: int) -> None:
+    """dx = y * (dy - sum(dy * y)) along ``axis``, y the softmax output; ``dx``
+    may be ``dy``. Shared with the losses."""
+    from netdef.kernels.softmax import softmax_backward as kernel
+
+    y3, dy3 = _as3(y, axis), _as3(dy, axis)
+    if dx.flags.c_contiguous:
+        kernel(y3, dy3, dx.reshape(y3.shape))
+    else:
+        tmp = np.empty(y3.shape, np.float32)
+        kernel(y3, dy3, tmp)
+        dx[...] = tmp.reshape(y.shape)
 
 
 @register("ArgMax")
@@ -454,12 +668,15 @@ class ArgMax(Layer):
     is (N, 1, top_k) -- (N, 2, top_k) with ``out_max_val`` (indices, then
     values) -- padded with 1s to the bottom's rank, Caffe's exact shape.
     With ``axis``: that axis becomes top_k; ``out_max_val`` then outputs the
-    values instead of the indices.
+    values instead of the indices. No gradient (as Caffe): backward raises
+    only when asked for the bottom's.
     """
 
     num_bottoms = 1
     num_tops = 1
     kind = "output"
+    # Not differentiable: force_backward asks no gradient of the bottom.
+    no_force_backward = (0,)
 
     def setup(self, bottoms, tops):
         p = self.param.argmax_param
@@ -498,6 +715,9 @@ class ArgMax(Layer):
         out[:, :self.top_k] = idx
         if self.out_max_val:
             out[:, self.top_k:] = val
+
+    def backward(self, tops, propagate_down, bottoms):
+        _no_gradient(self, propagate_down)
 
 
 def _top_k_last(x: np.ndarray, k: int):
