@@ -717,3 +717,85 @@ def embed_backward_reference(index, dy, input_dim):
     for n, k in enumerate(index):
         dw[k] += dy[n]
     return dw, dy.sum(axis=0)
+
+
+def conv2d_backward_reference(x, w, dy, stride=1, pad=0, dilation=1, group=1):
+    """Gradients of Caffe Convolution (conv2d_reference) for top gradient dy:
+    (dx, dw, db), by scattering every output's gradient over its window."""
+    x, w, dy = (np.asarray(a, np.float64) for a in (x, w, dy))
+    (sh, sw), (ph, pw), (dh, dw_) = map(_pair, (stride, pad, dilation))
+    n_img, n_ch, height, width = x.shape
+    n_out, cpg, kh, kw = w.shape
+    mpg = n_out // group
+    oh_n, ow_n = dy.shape[2:]
+    xp = np.zeros((n_img, n_ch, height + 2 * ph, width + 2 * pw))
+    xp[:, :, ph:ph + height, pw:pw + width] = x
+    dxp = np.zeros_like(xp)
+    dwt = np.zeros_like(w)
+    ext_h, ext_w = dh * (kh - 1) + 1, dw_ * (kw - 1) + 1
+    for n in range(n_img):
+        for m in range(n_out):
+            g = m // mpg
+            for oh in range(oh_n):
+                for ow in range(ow_n):
+                    rows = slice(oh * sh, oh * sh + ext_h, dh)
+                    cols = slice(ow * sw, ow * sw + ext_w, dw_)
+                    chans = slice(g * cpg, (g + 1) * cpg)
+                    dwt[m] += dy[n, m, oh, ow] * xp[n, chans, rows, cols]
+                    dxp[n, chans, rows, cols] += dy[n, m, oh, ow] * w[m]
+    return dxp[:, :, ph:ph + height, pw:pw + width], dwt, dy.sum(axis=(0, 2, 3))
+
+
+def pool_backward_reference(x, dy, method, kernel, stride=1, pad=0, ceil_mode=True):
+    """Gradient of Caffe Pooling ('max' or 'ave') for top gradient dy: max
+    routes each gradient to its window's first maximum, ave spreads it over
+    the clipped window divided by pool_reference's divisor."""
+    (kh, kw), (sh, sw), (ph, pw) = map(_pair, (kernel, stride, pad))
+    x, dy = np.asarray(x, np.float64), np.asarray(dy, np.float64)
+    _, arg = pool_reference(x, "max", kernel, stride, pad, ceil_mode, return_argmax=True)
+    n_img, n_ch, height, width = x.shape
+    dx = np.zeros_like(x)
+    for n in range(n_img):
+        for c in range(n_ch):
+            for oh in range(dy.shape[2]):
+                for ow in range(dy.shape[3]):
+                    g = dy[n, c, oh, ow]
+                    if method == "max":
+                        if arg[n, c, oh, ow] >= 0:
+                            h, v = divmod(int(arg[n, c, oh, ow]), width)
+                            dx[n, c, h, v] += g
+                        continue
+                    h0, w0 = oh * sh - ph, ow * sw - pw
+                    h1, w1 = min(h0 + kh, height + ph), min(w0 + kw, width + pw)
+                    area = (h1 - h0) * (w1 - w0)
+                    for h in range(max(h0, 0), min(h1, height)):
+                        for v in range(max(w0, 0), min(w1, width)):
+                            dx[n, c, h, v] += g / area
+    return dx
+
+
+def transform_reference(item, rng, *, train, crop=0, mirror=False, mean=None, scale=1.0):
+    """Caffe's DataTransformer on one C x H x W item, element by element:
+    out[c, y, x'] = (item[c, oy+y, ox+x] - mean[...]) * scale, x' mirrored.
+    Draws from ``rng`` in Caffe's order: the mirror coin, then the crop
+    offsets (TRAIN; centred in TEST). ``mean`` is None, C values or C x H x W."""
+    item = np.asarray(item)
+    channels, height, width = item.shape
+    flip = mirror and bool(rng.integers(2))
+    oh, ow = (crop, crop) if crop else (height, width)
+    oy = ox = 0
+    if crop:
+        if train:
+            oy, ox = int(rng.integers(height - crop + 1)), int(rng.integers(width - crop + 1))
+        else:
+            oy, ox = (height - crop) // 2, (width - crop) // 2
+    out = np.zeros((channels, oh, ow), np.float32)
+    for c in range(channels):
+        for y in range(oh):
+            for x in range(ow):
+                v = np.float32(item[c, oy + y, ox + x])
+                if mean is not None:
+                    m = np.asarray(mean, np.float32)
+                    v = v - (m[c, oy + y, ox + x] if m.ndim == 3 else m[c if m.size > 1 else 0])
+                out[c, y, ow - 1 - x if flip else x] = np.float32(v * np.float32(scale))
+    return out

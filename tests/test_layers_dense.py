@@ -1,9 +1,10 @@
-"""InnerProduct and Embed: shapes, parameters, forward values, errors."""
+"""InnerProduct and Embed: shapes, parameters, forward values, errors, backward."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from layer_harness import fill_params, infer_shapes, make_layer, run_layer, wired
+from layer_harness import check_gradients, fill_params, infer_shapes, make_layer, run_layer, wired
+from reference import embed_backward_reference
 
 from netdef.errors import GraphError, InputError, ShapeError
 
@@ -107,3 +108,46 @@ def test_embed_errors():
     with pytest.raises(GraphError) as err:
         infer_shapes(embed("num_output: 4"), [(2,)])
     assert "input_dim must be set" in str(err.value)
+
+
+@pytest.mark.parametrize("bias_term", [True, False])
+def test_embed_backward_scatters_by_index(bias_term):
+    lay = embed(f"num_output: 3 input_dim: 6 bias_term: {str(bias_term).lower()}")
+    idx = np.array([[0, 5, 2, 2], [5, 1, 2, 0]], np.float32)     # repeated indices
+    infer_shapes(lay, [idx.shape])
+    fill_params(lay)
+    run_layer(lay, [idx])
+    bottoms, tops = wired(lay)
+    dy = rand(2, 4, 3, seed=4)
+    tops[0].diff = dy
+    lay.backward(tops, [False], bottoms)
+    want_w, want_b = embed_backward_reference(idx, dy, 6)
+    np.testing.assert_allclose(lay.blobs[0].diff, want_w, rtol=1e-6, atol=1e-6)
+    assert not lay.blobs[0].diff[[3, 4]].any()                   # unused rows get nothing
+    if bias_term:
+        np.testing.assert_allclose(lay.blobs[1].diff, want_b, rtol=1e-5, atol=1e-6)
+    lay.backward(tops, [False], bottoms)                          # diffs accumulate
+    np.testing.assert_allclose(lay.blobs[0].diff, 2 * want_w, rtol=1e-6, atol=1e-6)
+    lay.param_propagate_down = [False] * len(lay.blobs)           # frozen: nothing changes
+    before = [b.diff.copy() for b in lay.blobs]
+    lay.backward(tops, [False], bottoms)
+    for b, d in zip(lay.blobs, before):
+        np.testing.assert_array_equal(b.diff, d)
+
+
+def test_embed_gradient_check_of_the_parameters():
+    lay = embed("num_output: 3 input_dim: 5")
+    idx = np.array([4, 0, 2, 2, 0, 1], np.float32)
+    infer_shapes(lay, [idx.shape])
+    fill_params(lay, seed=2)
+    assert check_gradients(lay, [idx], check_bottoms=[]) == 5 * 3 + 3
+
+
+def test_embed_has_no_gradient_for_its_indices():
+    lay = embed("num_output: 2 input_dim: 4")
+    run_layer(lay, [np.array([1, 3], np.float32)])
+    bottoms, tops = wired(lay)
+    with pytest.raises(GraphError) as err:
+        lay.backward(tops, [True], bottoms)
+    text = str(err.value)
+    assert "layer 'emb' (Embed)" in text and "'words'" in text and "indices" in text

@@ -1,5 +1,6 @@
 """Neuron layers: shapes, forward against NumPy formulas, in place, errors,
-PReLU's parameter and Dropout's TRAIN behaviour."""
+PReLU's parameter and Dropout's TRAIN behaviour; backward against
+tests/reference.py, finite differences, and in place against out of place."""
 from __future__ import annotations
 
 import os
@@ -10,7 +11,8 @@ import textwrap
 
 import numpy as np
 import pytest
-from layer_harness import fill_params, infer_shapes, make_layer, run_layer, wired
+from layer_harness import check_gradients, fill_params, infer_shapes, make_layer, run_layer, wired
+from reference import neuron_backward_reference, prelu_backward_reference
 
 from netdef.errors import GraphError, ShapeError
 from netdef.layers import create_layer
@@ -250,3 +252,249 @@ def test_shape_only_use_does_not_import_numba():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here), str(here.parent)])}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
+
+
+# ---- backward ------------------------------------------------------------------
+# (type, parameter text, reference parameters, kinks: inputs are kept away from them)
+GRAD_CASES = [
+    ("ReLU", "", {}, [0.0]),
+    ("ReLU", "relu_param { negative_slope: 0.1 }", {"negative_slope": 0.1}, [0.0]),
+    ("ReLU", "relu_param { negative_slope: -0.5 }", {"negative_slope": -0.5}, [0.0]),
+    ("ELU", "", {}, [0.0]),
+    ("ELU", "elu_param { alpha: 0.5 }", {"alpha": 0.5}, [0.0]),
+    ("Sigmoid", "", {}, []),
+    ("TanH", "", {}, []),
+    ("AbsVal", "", {}, [0.0]),
+    ("BNLL", "", {}, []),
+    ("Power", "", {}, []),
+    ("Power", "power_param { power: 1 scale: -2 shift: 3 }",
+     {"power": 1, "scale": -2, "shift": 3}, []),
+    ("Power", "power_param { power: 2 scale: 3 shift: 1 }", {"power": 2, "scale": 3, "shift": 1},
+     []),
+    ("Power", "power_param { power: 2 scale: 0.5 }", {"power": 2, "scale": 0.5}, []),
+    ("Power", "power_param { power: 3 scale: 2 }", {"power": 3, "scale": 2}, []),
+    ("Power", "power_param { power: 0.5 scale: 0.5 shift: 2 }",
+     {"power": 0.5, "scale": 0.5, "shift": 2}, []),
+    ("Power", "power_param { power: -1.5 shift: 2 }", {"power": -1.5, "shift": 2}, []),
+    ("Power", "power_param { power: 0 scale: 2 shift: 1 }", {"power": 0, "scale": 2, "shift": 1},
+     []),
+    ("Power", "power_param { power: 2 scale: 0 shift: 3 }", {"power": 2, "scale": 0, "shift": 3},
+     []),
+    ("Exp", "", {}, []),
+    ("Exp", "exp_param { base: 2 scale: 0.5 shift: 1 }", {"base": 2, "scale": 0.5, "shift": 1}, []),
+    ("Log", "log_param { shift: 2 }", {"shift": 2}, []),
+    ("Log", "log_param { base: 10 scale: 2 shift: 3 }", {"base": 10, "scale": 2, "shift": 3}, []),
+    ("Clip", "clip_param { min: -0.3 max: 0.6 }", {"min": -0.3, "max": 0.6}, [-0.3, 0.6]),
+    ("Swish", "", {}, []),
+    ("Swish", "swish_param { beta: 2.5 }", {"beta": 2.5}, []),
+]
+GRAD_IDS = [f"{c[0]}-{i}" for i, c in enumerate(GRAD_CASES)]
+
+
+def away_from(x, kinks, margin=0.05):
+    """x with every element within ``margin`` of a kink pushed out to the margin
+    (finite differences across a kink mean nothing)."""
+    x = x.copy()
+    for k in kinks:
+        near = np.abs(x - k) < margin
+        x[near] = np.where(x[near] >= k, k + margin, k - margin)
+    return x
+
+
+def forward_backward(lay, x, dy, in_place=False, propagate=True):
+    """Forward x, backward dy; returns (top data, bottom diff) copies."""
+    (y,) = run_layer(lay, [x], in_place=in_place)
+    bottoms, tops = wired(lay)
+    tops[0].diff = dy.copy()
+    lay.backward(tops, [propagate], bottoms)
+    return y, bottoms[0].diff.copy()
+
+
+@pytest.mark.parametrize("type_,params,ref,kinks", GRAD_CASES, ids=GRAD_IDS)
+def test_backward_matches_reference(type_, params, ref, kinks):
+    x = away_from(uniform(2, 3, 4, 5), kinks)
+    dy = uniform(2, 3, 4, 5, seed=1)
+    _, dx = forward_backward(neuron(type_, params), x, dy)
+    assert dx.dtype == np.float32
+    want = neuron_backward_reference(type_, x, dy, **ref)
+    np.testing.assert_allclose(dx, want, rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("type_,params,ref,kinks", GRAD_CASES, ids=GRAD_IDS)
+def test_gradient_check(type_, params, ref, kinks):
+    x = away_from(uniform(2, 3, 4, 5, seed=2), kinks)
+    assert check_gradients(neuron(type_, params), [x], stepsize=2e-3) == x.size
+
+
+@pytest.mark.parametrize("type_,params,ref,kinks", GRAD_CASES, ids=GRAD_IDS)
+def test_in_place_backward_equals_out_of_place(type_, params, ref, kinks):
+    x = away_from(uniform(3, 4, 5, seed=3), kinks)
+    dy = uniform(3, 4, 5, seed=4)
+    y, dx = forward_backward(neuron(type_, params), x, dy)
+    y_in, dx_in = forward_backward(neuron(type_, params, top="x"), x, dy, in_place=True)
+    np.testing.assert_array_equal(y_in, y)
+    np.testing.assert_array_equal(dx_in, dx)
+
+
+def test_backward_without_propagate_down_writes_nothing():
+    lay = neuron("Sigmoid")
+    x = uniform(3, 4)
+    run_layer(lay, [x])
+    bottoms, tops = wired(lay)
+    bottoms[0].diff = np.full(x.shape, 7.0, np.float32)
+    tops[0].diff = uniform(3, 4, seed=1)
+    lay.backward(tops, [False], bottoms)
+    np.testing.assert_array_equal(bottoms[0].diff, 7.0)
+
+
+def test_relu_kink_takes_the_negative_slope():
+    lay = neuron("ReLU", "relu_param { negative_slope: 0.25 }")
+    x = np.array([-1.0, 0.0, 1.0, np.nan], np.float32)
+    _, dx = forward_backward(lay, x, np.full(4, 2.0, np.float32))
+    np.testing.assert_array_equal(dx, [0.5, 0.5, 2.0, 0.0])
+
+
+def test_strided_diff_arrays_are_written():
+    lay = neuron("TanH")
+    x = uniform(4, 6)
+    run_layer(lay, [x])
+    bottoms, tops = wired(lay)
+    dy = uniform(6, 4, seed=1).T                  # non-contiguous views
+    storage = np.zeros((6, 4), np.float32)
+    tops[0].diff, bottoms[0].diff = dy, storage.T
+    lay.backward(tops, [True], bottoms)
+    np.testing.assert_allclose(storage.T, neuron_backward_reference("TanH", x, dy),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_threshold_has_no_gradient():
+    lay = neuron("Threshold", "threshold_param { threshold: 0.1 }", name="th", bottom="score")
+    x = uniform(2, 3)
+    run_layer(lay, [x])
+    bottoms, tops = wired(lay)
+    bottoms[0].diff = np.full(x.shape, 3.0, np.float32)
+    lay.backward(tops, [False], bottoms)             # not asked: nothing happens
+    np.testing.assert_array_equal(bottoms[0].diff, 3.0)
+    with pytest.raises(GraphError) as err:
+        lay.backward(tops, [True], bottoms)
+    text = str(err.value)
+    assert "layer 'th' (Threshold)" in text and "'score'" in text
+    assert "propagate_down: false" in text
+
+
+# ---- PReLU backward --------------------------------------------------------------
+def prelu_layer(shared, in_place=False):
+    return neuron("PReLU", f"prelu_param {{ channel_shared: {str(shared).lower()} }}",
+                  top="x" if in_place else "y")
+
+
+def prelu_forward_backward(shared, x, dy, slope, in_place=False, propagate=True):
+    lay = prelu_layer(shared, in_place)
+    infer_shapes(lay, [x.shape], in_place=in_place)
+    lay.blobs[0].data = slope
+    y, dx = forward_backward(lay, x, dy, in_place=in_place, propagate=propagate)
+    return lay, y, dx
+
+
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("shape", [(2, 3, 4, 2), (4, 3)])
+def test_prelu_backward_matches_reference(shared, shape):
+    x, dy = uniform(*shape), uniform(*shape, seed=1)
+    slope = np.float32(0.3) if shared else uniform(3, seed=2, lo=-0.5, hi=0.5)
+    lay, _, dx = prelu_forward_backward(shared, x, dy, slope)
+    want_dx, want_slope = prelu_backward_reference(x, slope, dy)
+    np.testing.assert_allclose(dx, want_dx, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(lay.blobs[0].diff.reshape(-1), want_slope, rtol=1e-5, atol=1e-5)
+    assert lay.blobs[0].diff.shape == (() if shared else (3,))
+    # parameter diffs accumulate: a second backward adds the same again
+    bottoms, tops = wired(lay)
+    tops[0].diff = dy.copy()
+    lay.backward(tops, [True], bottoms)
+    np.testing.assert_allclose(lay.blobs[0].diff.reshape(-1), 2 * want_slope, rtol=1e-5,
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_prelu_gradient_check(shared):
+    x = away_from(uniform(2, 3, 3, 2, seed=5), [0.0])
+    lay = prelu_layer(shared)
+    infer_shapes(lay, [x.shape])
+    lay.blobs[0].data = np.float32(0.2) if shared else np.array([0.25, -0.4, 0.7], np.float32)
+    assert check_gradients(lay, [x]) == x.size + lay.blobs[0].count
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_prelu_in_place_backward_equals_out_of_place(shared):
+    x, dy = uniform(2, 3, 4, seed=6), uniform(2, 3, 4, seed=7)
+    slope = np.float32(-0.3) if shared else np.array([0.25, -0.4, 0.7], np.float32)
+    out, y, dx = prelu_forward_backward(shared, x, dy, slope)
+    inp, y_in, dx_in = prelu_forward_backward(shared, x, dy, slope, in_place=True)
+    np.testing.assert_array_equal(y_in, y)
+    np.testing.assert_array_equal(dx_in, dx)
+    np.testing.assert_array_equal(inp.blobs[0].diff, out.blobs[0].diff)
+
+
+def test_prelu_slope_gradient_alone_leaves_the_in_place_diff():
+    x, dy = uniform(2, 3, 4), uniform(2, 3, 4, seed=1)
+    slope = np.array([0.25, -0.4, 0.7], np.float32)
+    lay, _, dx = prelu_forward_backward(False, x, dy, slope, in_place=True, propagate=False)
+    np.testing.assert_array_equal(dx, dy)       # the shared top/bottom diff is untouched
+    _, want_slope = prelu_backward_reference(x, slope, dy)
+    np.testing.assert_allclose(lay.blobs[0].diff, want_slope, rtol=1e-5, atol=1e-5)
+    lay.param_propagate_down = [False]
+    bottoms, tops = wired(lay)
+    before = lay.blobs[0].diff.copy()
+    lay.backward(tops, [False], bottoms)
+    np.testing.assert_array_equal(lay.blobs[0].diff, before)
+
+
+# ---- Dropout backward ------------------------------------------------------------
+@pytest.mark.parametrize("ratio", [0.5, 0.2])
+def test_dropout_train_backward_uses_the_forward_mask(ratio):
+    lay = neuron("Dropout", f"dropout_param {{ dropout_ratio: {ratio} }}", phase="TRAIN")
+    x, dy = uniform(6, 50), uniform(6, 50, seed=1)
+    y, dx = forward_backward(lay, x, dy)
+    scale = np.float32(1.0 / (1.0 - ratio))
+    np.testing.assert_array_equal(dx, dy * lay.mask * scale)
+    np.testing.assert_array_equal(y, x * lay.mask * scale)
+    assert 0 < lay.mask.sum() < lay.mask.size
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.0])
+def test_dropout_gradient_check_train(ratio):
+    lay = neuron("Dropout", f"dropout_param {{ dropout_ratio: {ratio} }}", phase="TRAIN")
+    x = uniform(3, 4, 5, seed=8)
+    assert check_gradients(lay, [x]) == x.size
+
+
+def test_dropout_test_phase_backward_is_identity():
+    lay = neuron("Dropout", "dropout_param { dropout_ratio: 0.4 }")
+    x, dy = uniform(3, 5), uniform(3, 5, seed=1)
+    _, dx = forward_backward(lay, x, dy)
+    np.testing.assert_array_equal(dx, dy)
+    _, dx_in = forward_backward(neuron("Dropout", top="x"), x, dy, in_place=True)
+    np.testing.assert_array_equal(dx_in, dy)
+    assert check_gradients(neuron("Dropout"), [x]) == x.size
+
+
+def test_dropout_in_place_backward_equals_out_of_place():
+    x, dy = uniform(8, 9, seed=2), uniform(8, 9, seed=3)
+    y, dx = forward_backward(neuron("Dropout", name="d", phase="TRAIN"), x, dy)
+    y_in, dx_in = forward_backward(neuron("Dropout", name="d", phase="TRAIN", top="x"), x, dy,
+                                   in_place=True)
+    np.testing.assert_array_equal(y_in, y)
+    np.testing.assert_array_equal(dx_in, dx)
+
+
+@pytest.mark.skipif(os.environ.get("NUMBA_DISABLE_JIT", "0") != "0",
+                    reason="no compiled signatures without the JIT")
+def test_backward_kernels_compile_one_signature():
+    for type_, params, _, _ in GRAD_CASES:
+        for shape in [(2, 3), (2, 3, 4, 5)]:
+            forward_backward(neuron(type_, params), uniform(*shape, lo=0.1), uniform(*shape))
+    prelu_forward_backward(False, uniform(2, 3, 4), uniform(2, 3, 4), uniform(3))
+    from netdef.kernels import compiled_signatures
+
+    multi = {k: v for k, v in compiled_signatures().items()
+             if k.startswith("elementwise.") and len(v) > 1}
+    assert not multi

@@ -73,13 +73,9 @@ def relu_backward(x, top_diff, negative_slope, bottom_diff):
     bf = bottom_diff.reshape(bottom_diff.size)
     slope = np.float32(negative_slope)
     for i in range(xf.size):
+        # Caffe's expression, branch-free so it vectorises (NaN: both tests false)
         v = xf[i]
-        if v > 0.0:
-            bf[i] = df[i]
-        elif v <= 0.0:
-            bf[i] = slope * df[i]
-        else:
-            bf[i] = 0.0
+        bf[i] = df[i] * (np.float32(v > _ZERO) + slope * np.float32(v <= _ZERO))
 
 
 @kernel
@@ -164,6 +160,22 @@ def absval(x, out):
 
 
 @kernel
+def absval_backward(x, top_diff, bottom_diff):
+    """dx = sign(x) * dy with sign(0) = sign(NaN) = 0, as Caffe's caffe_cpu_sign."""
+    xf = x.reshape(x.size)
+    df = top_diff.reshape(top_diff.size)
+    bf = bottom_diff.reshape(bottom_diff.size)
+    for i in range(xf.size):
+        v = xf[i]
+        if v > 0.0:
+            bf[i] = df[i]
+        elif v < 0.0:
+            bf[i] = -df[i]
+        else:
+            bf[i] = _ZERO
+
+
+@kernel
 def power(x, power, scale, shift, out):
     """out = (shift + scale * x) ** power, Caffe's Power layer.
 
@@ -186,6 +198,36 @@ def power(x, power, scale, shift, out):
     else:
         for i in range(xf.size):
             of[i] = (a * xf[i] + b) ** p
+
+
+@kernel
+def power_backward(x, top_diff, power, scale, shift, bottom_diff):
+    """dx = dy * power * scale * (shift + scale * x) ** (power - 1).
+
+    Caffe's cases: the constant power * scale when that is 0 or power is 1,
+    and for power 2 the product 2 * scale * (shift + scale * x) (no pow).
+    Otherwise Caffe divides y by (shift + scale * x), which gives 0/0 = NaN
+    where the base is 0; the pow form used here gives the true limit there
+    (0 for power > 1) and the same value everywhere else.
+    """
+    xf = x.reshape(x.size)
+    df = top_diff.reshape(top_diff.size)
+    bf = bottom_diff.reshape(bottom_diff.size)
+    a = np.float32(scale)
+    b = np.float32(shift)
+    k = np.float32(power * scale)
+    if power * scale == 0.0 or power == 1.0:
+        for i in range(xf.size):
+            bf[i] = k * df[i]
+    elif power == 2.0:
+        ka = np.float32(power * scale * scale)
+        kb = np.float32(power * scale * shift)
+        for i in range(xf.size):
+            bf[i] = df[i] * (ka * xf[i] + kb)
+    else:
+        q = np.float32(power - 1.0)
+        for i in range(xf.size):
+            bf[i] = df[i] * k * (a * xf[i] + b) ** q
 
 
 @kernel
@@ -216,6 +258,19 @@ def log_base(x, inv_log_base, scale, shift, out):
 
 
 @kernel
+def log_backward(x, top_diff, inv_log_base, scale, shift, bottom_diff):
+    """dx = dy * scale * inv_log_base / (shift + scale * x) (Caffe's Log backward)."""
+    xf = x.reshape(x.size)
+    df = top_diff.reshape(top_diff.size)
+    bf = bottom_diff.reshape(bottom_diff.size)
+    a = np.float32(scale)
+    b = np.float32(shift)
+    k = np.float32(scale * inv_log_base)
+    for i in range(xf.size):
+        bf[i] = df[i] * k / (a * xf[i] + b)
+
+
+@kernel
 def bnll(x, out):
     """out = log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)): never overflows.
 
@@ -226,6 +281,20 @@ def bnll(x, out):
     for i in range(xf.size):
         v = xf[i]
         of[i] = _pos(v) + np.log1p(np.exp(-abs(v)))
+
+
+@kernel
+def bnll_backward(x, top_diff, bottom_diff):
+    """dx = dy * e / (1 + e), e = exp(min(x, 50)): Caffe's form (the sigmoid of x,
+    with x capped at Caffe's kBNLL_THRESHOLD so exp never overflows; NaN stays NaN)."""
+    xf = x.reshape(x.size)
+    df = top_diff.reshape(top_diff.size)
+    bf = bottom_diff.reshape(bottom_diff.size)
+    cap = np.float32(50.0)
+    for i in range(xf.size):
+        v = xf[i]
+        e = np.exp(cap if cap < v else v)
+        bf[i] = df[i] * e / (e + _ONE)
 
 
 @kernel
@@ -252,6 +321,19 @@ def clip(x, lo, hi, out):
 
 
 @kernel
+def clip_backward(x, top_diff, lo, hi, bottom_diff):
+    """dx = dy where lo <= x <= hi (both ends included, as in Caffe), else 0."""
+    xf = x.reshape(x.size)
+    df = top_diff.reshape(top_diff.size)
+    bf = bottom_diff.reshape(bottom_diff.size)
+    a = np.float32(lo)
+    b = np.float32(hi)
+    for i in range(xf.size):
+        v = xf[i]
+        bf[i] = df[i] if (v >= a and v <= b) else _ZERO
+
+
+@kernel
 def swish(x, beta, out):
     """out = x * sigmoid(beta * x) (sigmoid in the exp form, see :func:`sigmoid`)."""
     xf = x.reshape(x.size)
@@ -260,6 +342,24 @@ def swish(x, beta, out):
     for i in range(xf.size):
         v = xf[i]
         of[i] = v / (_ONE + np.exp(-bb * v))
+
+
+@kernel
+def swish_backward(x, top_diff, beta, bottom_diff):
+    """dx = dy * (beta * y + s * (1 - beta * y)), s = sigmoid(beta * x), y = x * s.
+
+    Caffe's expression, with y recomputed from x rather than read from the
+    top (which a later in-place layer may have overwritten).
+    """
+    xf = x.reshape(x.size)
+    df = top_diff.reshape(top_diff.size)
+    bf = bottom_diff.reshape(bottom_diff.size)
+    bb = np.float32(beta)
+    for i in range(xf.size):
+        v = xf[i]
+        s = _ONE / (_ONE + np.exp(-bb * v))
+        by = bb * v * s
+        bf[i] = df[i] * (by + s * (_ONE - by))
 
 
 @kernel
@@ -281,10 +381,12 @@ def prelu(x3, slope, out3):
 
 @kernel
 def prelu_backward(x3, top_diff3, slope, bottom_diff3, slope_diff):
-    """bottom_diff3 (overwritten) = dy * (1 if x > 0 else slope[c]);
-    slope_diff[c] += sum of dy * x where x <= 0 (parameter diffs accumulate).
+    """bottom_diff3 (overwritten) = dy * ((x > 0) + slope[c] * (x <= 0));
+    slope_diff[c] += sum of dy * x * (x <= 0) (parameter diffs accumulate).
 
-    ``x3`` must be the layer's input (an in-place PReLU keeps a copy).
+    Caffe's expressions, branch-free so the loops vectorise.  ``x3`` must
+    be the layer's input (an in-place PReLU keeps a copy); bottom_diff3 may
+    be top_diff3.
     """
     n_img, n_ch, inner = x3.shape
     for c in range(n_ch):
@@ -294,11 +396,9 @@ def prelu_backward(x3, top_diff3, slope, bottom_diff3, slope_diff):
             for i in range(inner):
                 v = x3[n, c, i]
                 d = top_diff3[n, c, i]
-                if v > 0.0:
-                    bottom_diff3[n, c, i] = d
-                else:
-                    bottom_diff3[n, c, i] = a * d
-                    acc += d * v
+                neg = np.float32(v <= _ZERO)
+                bottom_diff3[n, c, i] = d * (np.float32(v > _ZERO) + a * neg)
+                acc += d * v * neg
         slope_diff[c] += acc
 
 

@@ -65,36 +65,125 @@ def channel_mean_var(x3, mean, var):
 
 
 @kernel
-def _mvn_row(x2, r, normalize_variance, eps, out2):
+def _sums_channel(x3, dy3, c, dot, total):
+    outer, inner = x3.shape[0], x3.shape[2]
+    acc = 0.0
+    acc_x = 0.0
+    for o in range(outer):
+        for i in range(inner):
+            d = dy3[o, c, i]
+            acc += d
+            acc_x += d * x3[o, c, i]
+    dot[c] = acc_x
+    total[c] = acc
+
+
+@parallel_kernel
+def channel_sums(x3, dy3, dot, total):
+    """Per channel, over outer and inner: dot[c] = sum(dy3 * x3), total[c] = sum(dy3).
+
+    The reductions of every per-channel backward: Scale's scale gradient
+    (dot) and bias gradient (total), Bias (total), BatchNorm's two means.
+    Accumulates in float64; dot and total are float32 (C,) outputs, written
+    (not added to).  Parallel over channels.
+    """
+    if x3.size < PARALLEL_MIN_WORK:
+        for c in range(x3.shape[1]):
+            _sums_channel(x3, dy3, c, dot, total)
+    else:
+        for c in prange(x3.shape[1]):
+            _sums_channel(x3, dy3, c, dot, total)
+
+
+@kernel
+def channel_affine_pair(a3, scale_a, b3, scale_b, shift, out3):
+    """out3 = a3 * scale_a[c] + b3 * scale_b[c] + shift[c]; out3 may be a3 or b3.
+
+    BatchNorm's batch-statistics backward, with a = dy, b = the normalised
+    output y: dx = (dy - mean(dy) - mean(dy * y) * y) / sqrt(var + eps).
+    """
+    outer, n_ch, inner = a3.shape
+    for o in range(outer):
+        for c in range(n_ch):
+            sa = scale_a[c]
+            sb = scale_b[c]
+            t = shift[c]
+            for i in range(inner):
+                out3[o, c, i] = a3[o, c, i] * sa + b3[o, c, i] * sb + t
+
+
+@kernel
+def _mvn_row(x2, r, normalize_variance, eps, out2, denom):
     cols = x2.shape[1]
     acc = 0.0
     for i in range(cols):
         acc += x2[r, i]
     m = acc / cols
-    denom = 1.0
+    d_r = 1.0
     if normalize_variance != 0:
         acc2 = 0.0
         for i in range(cols):
             d = x2[r, i] - m
             acc2 += d * d
-        denom = np.sqrt(acc2 / cols) + eps
+        d_r = np.sqrt(acc2 / cols) + eps
+    denom[r] = d_r
     m32 = np.float32(m)
-    inv = np.float32(1.0 / denom)
+    inv = np.float32(1.0 / d_r)
     for i in range(cols):
         out2[r, i] = (x2[r, i] - m32) * inv
 
 
 @parallel_kernel
-def mvn_forward(x2, normalize_variance, eps, out2):
+def mvn_forward(x2, normalize_variance, eps, out2, denom):
     """Per row: out = x - mean, then if normalize_variance: / (sqrt(var) + eps).
 
     Caffe's MVN: biased variance E[(x - mean)^2] and eps added to the
     standard deviation, not to the variance.  Rows are N (across_channels)
-    or N*C.  out2 may be x2.  Parallel over rows.
+    or N*C.  out2 may be x2.  denom (rows,) float32 receives each row's
+    divisor, sqrt(var) + eps (1 without normalize_variance), which backward
+    needs.  Parallel over rows.
     """
     if x2.size < PARALLEL_MIN_WORK:
         for r in range(x2.shape[0]):
-            _mvn_row(x2, r, normalize_variance, eps, out2)
+            _mvn_row(x2, r, normalize_variance, eps, out2, denom)
     else:
         for r in prange(x2.shape[0]):
-            _mvn_row(x2, r, normalize_variance, eps, out2)
+            _mvn_row(x2, r, normalize_variance, eps, out2, denom)
+
+
+@kernel
+def _mvn_backward_row(y2, dy2, denom, r, normalize_variance, dx2):
+    cols = y2.shape[1]
+    acc = 0.0
+    acc_y = 0.0
+    for i in range(cols):
+        d = dy2[r, i]
+        acc += d
+        acc_y += d * y2[r, i]
+    mean_d = np.float32(acc / cols)
+    if normalize_variance != 0:
+        mean_dy = np.float32(acc_y / cols)
+        inv = np.float32(1.0 / denom[r])
+        for i in range(cols):
+            dx2[r, i] = (dy2[r, i] - mean_d - mean_dy * y2[r, i]) * inv
+    else:
+        for i in range(cols):
+            dx2[r, i] = dy2[r, i] - mean_d
+
+
+@parallel_kernel
+def mvn_backward(y2, dy2, denom, normalize_variance, dx2):
+    """Caffe's MVN backward per row, from the output y2 and forward's denom:
+    dx = (dy - mean(dy) - mean(dy * y) * y) / denom with normalize_variance,
+    else dx = dy - mean(dy).
+
+    Exactly Caffe's formula, which is the true gradient only for eps = 0
+    (it treats sqrt(var) + eps as sqrt(var)); for Caffe's eps of 1e-9 the
+    difference is invisible.  dx2 may be dy2.  Parallel over rows.
+    """
+    if y2.size < PARALLEL_MIN_WORK:
+        for r in range(y2.shape[0]):
+            _mvn_backward_row(y2, dy2, denom, r, normalize_variance, dx2)
+    else:
+        for r in prange(y2.shape[0]):
+            _mvn_backward_row(y2, dy2, denom, r, normalize_variance, dx2)

@@ -90,6 +90,11 @@ class Embed(Layer):
     the top is ``bottom.shape + (num_output,)``. Blobs: weight
     (input_dim, num_output), bias (num_output,) when ``bias_term``.
     A lookup, so MACs are 0.
+
+    Backward: row W[k] gains the sum of the top diff rows of every element
+    that looked k up (an index used twice adds twice); the bias gains the
+    sum of all top diff rows. Indices have no gradient: asking for the
+    bottom's is an error, as in Caffe.
     """
 
     num_bottoms = 1
@@ -124,3 +129,17 @@ class Embed(Layer):
         np.take(self.blobs[0].data, index, axis=0, out=y)
         if self.bias_term:
             np.add(y, self.blobs[1].data, out=y)
+        self.index = index           # backward scatters the top diff by these rows
+
+    def backward(self, tops, propagate_down, bottoms):
+        if propagate_down[0]:
+            raise self.config_error(
+                f"cannot back-propagate to bottom 0 ('{self._bottom_names[0]}'): it holds "
+                f"indices, which have no gradient",
+                hint="add 'propagate_down: false' for that bottom")
+        dy = tops[0].diff.reshape(-1, self.num_output)
+        if self.param_propagate_down[0]:
+            # unbuffered scatter-add: repeated indices each add their row
+            np.add.at(self.blobs[0].diff, self.index, dy)
+        if self.bias_term and self.param_propagate_down[1]:
+            self.blobs[1].diff[...] += dy.sum(axis=0)

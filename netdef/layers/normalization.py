@@ -1,7 +1,13 @@
 """Normalisation layers: BatchNorm, Scale, Bias, MVN.
 
 Each views its bottom as (outer, C, inner) and hands the per-channel work
-to netdef.kernels.normalization (imported inside ``forward``).
+to netdef.kernels.normalization (imported inside ``forward``/``backward``).
+
+In place, a later in-place layer may overwrite this layer's top before
+backward runs (conv -> BatchNorm -> Scale -> ReLU all in place is the
+ResNet pattern), so what backward needs is kept by forward, as in Caffe:
+BatchNorm keeps the normalised output in batch-statistics mode, Scale a
+copy of its input when it is in place and the scale needs a gradient.
 """
 from __future__ import annotations
 
@@ -28,6 +34,13 @@ class BatchNorm(Layer):
     factor = maf * factor + 1, mean_sum = maf * mean_sum + mean,
     var_sum = maf * var_sum + m/(m-1) * var, with m values per channel and
     maf = moving_average_fraction. Works for (N, C) bottoms too.
+
+    Backward, with s = 1/sqrt(var + eps): global statistics are constants,
+    dx = dy * s; batch statistics depend on x, and with y the normalised
+    output and means over (N, H, W) per channel,
+    dx = (dy - mean(dy) - mean(dy * y) * y) * s.
+    The stored blobs are statistics, not parameters: backward never writes
+    their diffs (Caffe forces their lr_mult to 0).
     """
 
     num_bottoms = 1
@@ -54,6 +67,7 @@ class BatchNorm(Layer):
         self.inner = math.prod(shape[2:])
         tops[0].reshape(shape)
         self._stats = None
+        self._x_norm = None
 
     def forward(self, bottoms, tops):
         from netdef.kernels.normalization import channel_affine, channel_mean_var
@@ -77,6 +91,35 @@ class BatchNorm(Layer):
         np.multiply(mean, inv_std, out=shift)
         np.negative(shift, out=shift)
         channel_affine(x3, inv_std, shift, y3)
+        if not self.use_global_stats:
+            if self._x_norm is None:
+                self._x_norm = np.empty(view, np.float32)
+            np.copyto(self._x_norm, y3)
+
+    def backward(self, tops, propagate_down, bottoms):
+        if not propagate_down[0]:
+            return
+        from netdef.kernels.normalization import channel_affine, channel_affine_pair, channel_sums
+
+        view = (self.outer, self.channels, self.inner)
+        dy3 = np.ascontiguousarray(tops[0].diff).reshape(view)
+        dx = bottoms[0].diff
+        target = _writable(dx)
+        dx3 = target.reshape(view)
+        inv_std = self._stats[2]
+        zero = np.zeros(self.channels, np.float32)
+        if self.use_global_stats:
+            channel_affine(dy3, inv_std, zero, dx3)
+        else:
+            dot, total = np.empty((2, self.channels), np.float32)
+            channel_sums(self._x_norm, dy3, dot, total)
+            m = np.float32(self.outer * self.inner)
+            # dx = dy * s + y * (-mean(dy * y) * s) + (-mean(dy) * s)
+            coeff_y = -(dot / m) * inv_std
+            shift = -(total / m) * inv_std
+            channel_affine_pair(dy3, inv_std, self._x_norm, coeff_y, shift, dx3)
+        if target is not dx:
+            dx[...] = target
 
     def _update_moving_averages(self, mean, var):
         m = self.outer * self.inner
@@ -88,6 +131,18 @@ class BatchNorm(Layer):
         mean_sum += mean
         var_sum *= self.maf
         var_sum += np.float32(correction) * var
+
+
+def _writable(out: np.ndarray) -> np.ndarray:
+    """``out``, or a C-contiguous scratch array when ``out`` is a strided view
+    (a user-set array) that a kernel could not write through."""
+    return out if out.flags.c_contiguous else np.empty(out.shape, np.float32)
+
+
+def _accumulate(blob, grad: np.ndarray) -> None:
+    """blob.diff += grad (parameter diffs accumulate, Caffe's rule)."""
+    diff = blob.diff
+    diff += grad.reshape(diff.shape)
 
 
 def _operand_shape(layer: Layer, shape: tuple, axis: int, num_axes: int) -> tuple:
@@ -111,6 +166,11 @@ class _ChannelOperand(Layer):
     (num_axes -1: every remaining axis; 0: a scalar), or else the second
     bottom, whose shape must equal bottom[0].shape[axis:axis+its ndim]
     (a scalar second bottom fits any axis).
+
+    Backward: the operand's gradient is summed over the axes it is
+    broadcast along; a learned blob's diff accumulates (+=), a second
+    bottom's diff is overwritten. Operand gradients are computed before
+    the bottom's, which in place overwrites the top diff they read.
     """
 
     num_bottoms = (1, 2)
@@ -143,6 +203,7 @@ class _ChannelOperand(Layer):
                          math.prod(shape[axis + len(operand):]))
         tops[0].reshape(shape)
         self._constant = None
+        self._input_copy = None
 
     def constant(self, value: float) -> np.ndarray:
         """A (C,) vector of ``value``: the missing half of the affine map."""
@@ -150,12 +211,54 @@ class _ChannelOperand(Layer):
             self._constant = np.full(self.view[1], value, np.float32)
         return self._constant
 
+    def reads_input(self, bottoms) -> bool:
+        """True when backward needs the bottom's values (Scale's scale gradient)."""
+        return False
+
     def forward(self, bottoms, tops):
         from netdef.kernels.normalization import channel_affine
 
+        if tops[0] is bottoms[0] and self.reads_input(bottoms):
+            # in place: keep x for the scale gradient before it is overwritten
+            if self._input_copy is None:
+                self._input_copy = np.empty(self.view, np.float32)
+            np.copyto(self._input_copy, bottoms[0].data.reshape(self.view))
         scale, shift = self.factors(bottoms)
         channel_affine(bottoms[0].data.reshape(self.view), scale, shift,
                        tops[0].data.reshape(self.view))
+
+    def layer_input3(self, bottoms, tops) -> np.ndarray:
+        """bottom[0]'s values as forward saw them, viewed (outer, C, inner)."""
+        if tops[0] is bottoms[0]:
+            if self._input_copy is None:
+                raise self.config_error("in place, the scale gradient needs the input, which "
+                                        "forward did not keep (was param_propagate_down set "
+                                        "after forward?)")
+            return self._input_copy
+        return np.ascontiguousarray(bottoms[0].data).reshape(self.view)
+
+    def operand_gradient(self, bottoms, grad: np.ndarray) -> None:
+        """Hand the operand's gradient (C,) to bottom[1] (overwrite) or to the
+        learned operand blob 0 (accumulate)."""
+        if len(bottoms) == 2:
+            bottoms[1].diff[...] = grad.reshape(bottoms[1].shape)
+        else:
+            _accumulate(self.blobs[0], grad)
+
+    def input_gradient(self, tops, bottoms, scale) -> None:
+        """dx = dy * scale[c]; nothing to do for a scale of ones in place."""
+        from netdef.kernels.normalization import channel_affine
+
+        dy, dx = tops[0].diff, bottoms[0].diff
+        if scale is None:
+            if dx.__array_interface__["data"][0] != dy.__array_interface__["data"][0]:
+                dx[...] = dy
+            return
+        target = _writable(dx)
+        channel_affine(np.ascontiguousarray(dy).reshape(self.view), scale, self.constant(0.0),
+                       target.reshape(self.view))
+        if target is not dx:
+            dx[...] = target
 
 
 @register("Scale")
@@ -185,6 +288,30 @@ class Scale(_ChannelOperand):
         shift = self.blobs[-1].data.reshape(-1) if self.bias_term else self.constant(0.0)
         return scale, shift
 
+    def _scale_wanted(self, bottoms, propagate_down) -> bool:
+        return propagate_down[1] if len(bottoms) == 2 else self.param_propagate_down[0]
+
+    def reads_input(self, bottoms):
+        # a second bottom's propagate_down is not known at forward time
+        return len(bottoms) == 2 or self.param_propagate_down[0]
+
+    def backward(self, tops, propagate_down, bottoms):
+        from netdef.kernels.normalization import channel_sums
+
+        want_scale = self._scale_wanted(bottoms, propagate_down)
+        want_bias = self.bias_term and self.param_propagate_down[-1]
+        if want_scale or want_bias:
+            dy3 = np.ascontiguousarray(tops[0].diff).reshape(self.view)
+            x3 = self.layer_input3(bottoms, tops) if want_scale else dy3
+            dot, total = np.empty((2, self.view[1]), np.float32)
+            channel_sums(x3, dy3, dot, total)     # sum(dy * x) and sum(dy) per channel
+            if want_bias:
+                _accumulate(self.blobs[-1], total)
+            if want_scale:
+                self.operand_gradient(bottoms, dot)
+        if propagate_down[0]:
+            self.input_gradient(tops, bottoms, np.ascontiguousarray(self.factors(bottoms)[0]))
+
 
 @register("Bias")
 class Bias(_ChannelOperand):
@@ -204,6 +331,17 @@ class Bias(_ChannelOperand):
         source = bottoms[1] if len(bottoms) == 2 else self.blobs[0]
         return self.constant(1.0), source.data.reshape(-1)
 
+    def backward(self, tops, propagate_down, bottoms):
+        from netdef.kernels.normalization import channel_sums
+
+        if propagate_down[1] if len(bottoms) == 2 else self.param_propagate_down[0]:
+            dy3 = np.ascontiguousarray(tops[0].diff).reshape(self.view)
+            dot, total = np.empty((2, self.view[1]), np.float32)
+            channel_sums(dy3, dy3, dot, total)
+            self.operand_gradient(bottoms, total)
+        if propagate_down[0]:
+            self.input_gradient(tops, bottoms, None)
+
 
 @register("MVN")
 class MVN(Layer):
@@ -211,6 +349,11 @@ class MVN(Layer):
     image channel: y = x - mean, then with ``normalize_variance`` (default)
     y / (sqrt(biased var) + eps). Caffe adds eps to the standard deviation,
     not to the variance; eps defaults to 1e-9.
+
+    Backward is Caffe's, from the top data y and forward's divisors d per
+    row: dx = (dy - mean(dy) - mean(dy * y) * y) / d, or dx = dy - mean(dy)
+    without normalize_variance. (That treats d as sqrt(var): exact for
+    eps = 0, off by a factor (sqrt(var) + eps) / sqrt(var) in the y term.)
     """
 
     num_bottoms = 1
@@ -228,10 +371,24 @@ class MVN(Layer):
         self.require(len(shape) >= 1, "expects a bottom with at least one axis")
         rows = shape[0] if self.across_channels or len(shape) < 2 else shape[0] * shape[1]
         self.view = (rows, math.prod(shape) // rows if rows else 0)
+        self._denom = np.ones(rows, np.float32)
         tops[0].reshape(shape)
 
     def forward(self, bottoms, tops):
         from netdef.kernels.normalization import mvn_forward
 
         mvn_forward(bottoms[0].data.reshape(self.view), self.normalize_variance, self.eps,
-                    tops[0].data.reshape(self.view))
+                    tops[0].data.reshape(self.view), self._denom)
+
+    def backward(self, tops, propagate_down, bottoms):
+        if not propagate_down[0]:
+            return
+        from netdef.kernels.normalization import mvn_backward
+
+        dx = bottoms[0].diff
+        target = _writable(dx)
+        mvn_backward(np.ascontiguousarray(tops[0].data).reshape(self.view),
+                     np.ascontiguousarray(tops[0].diff).reshape(self.view), self._denom,
+                     self.normalize_variance, target.reshape(self.view))
+        if target is not dx:
+            dx[...] = target
