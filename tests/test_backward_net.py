@@ -233,3 +233,24 @@ def test_unwritten_branch_diff_reads_as_zero_with_reuse():
             blob.diff[...] = np.nan            # what stale arena memory could hold
     net.forward_backward(clear=True)
     assert all(np.isfinite(b.diff).all() for v in net.params.values() for b in v)
+
+
+def test_blob_contents_survive_the_plan_build():
+    # pycaffe habit: fill an intermediate blob, then run the rest of the net
+    net = mlp()
+    h = np.arange(15, dtype=np.float32).reshape(3, 5)
+    net.blobs["h"].data[...] = h                 # before any plan exists
+    out = net.forward(start="ip2")["s"]
+    w, b = net.params["ip2"][0].data, net.params["ip2"][1].data
+    np.testing.assert_allclose(out, h @ w.T + b, rtol=1e-6)
+    net.reshape()                                # rebuilds the plan, same shapes
+    np.testing.assert_array_equal(net.blobs["h"].data, h)
+
+
+def test_unwritten_blobs_read_as_zeros():
+    net = netdef.Net(DEEP, phase="TEST", optimize=True)
+    net._plan().arena[...] = np.nan               # stale memory of an earlier plan
+    # a smaller batch re-plans into the same arena; 'h5' is never written
+    out = net.forward(start="head", x=np.ones((4, 16), np.float32))["out"]
+    assert out.shape == (4, 3)
+    np.testing.assert_allclose(out, np.broadcast_to(net.params["head"][1].data, out.shape))

@@ -51,9 +51,20 @@ class MemoryPlan:
     log: list[str] = field(default_factory=list)
 
     def bind(self, arena: np.ndarray | None = None) -> np.ndarray:
-        """Allocate the arena (or use the given one) and point every blob at it."""
+        """Allocate the arena (or use the given one) and point every blob at it.
+
+        What a user wrote into a blob before the plan existed (or into the
+        previous plan of the same shapes) survives, for every blob that
+        keeps its memory; everything else starts as zeros, so no forward
+        (``forward(start=...)`` included) ever reads memory nobody wrote.
+        """
+        saved = [(blob, blob.data.copy()) for buf in self.buffers
+                 if not buf.diff and buf.end == FOREVER
+                 for blob in buf.blobs if blob.allocated]
         if arena is None or arena.size < self.arena_size:
-            arena = np.empty(max(self.arena_size, 1), DTYPE)
+            arena = np.zeros(max(self.arena_size, 1), DTYPE)
+        else:
+            arena[:self.arena_size] = 0.0
         for buf in self.buffers:
             view = arena[buf.offset:buf.offset + buf.size]
             for blob in buf.blobs:
@@ -62,6 +73,8 @@ class MemoryPlan:
                     blob.bind(diff=part)
                 else:
                     blob.bind(data=part)
+        for blob, contents in saved:
+            blob.data[...] = contents
         return arena
 
 
