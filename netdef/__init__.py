@@ -21,6 +21,7 @@ _EXPORTS = {
     "build_graph": "netdef.frontend.graph",
     "check": "netdef.check",
     "NetdefError": "netdef.errors",
+    "get_solver": "netdef.train",
 }
 
 __all__ = sorted(_EXPORTS)

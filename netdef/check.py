@@ -1,10 +1,11 @@
 """``netdef check``: a linter that reports every problem it finds in one run.
 
-A parse error stops it (there is no net to look at), but everything after
-that is collected: wiring errors per phase, every layer that fails shape
-inference (``instantiate(collect_errors=True)``), and warnings about nets
-that load but probably do not do what their author meant. Each finding
-points at the layer's ``file:line:col``.
+Everything is collected: every parse error the parser can step over (an
+unknown field or a bad value is skipped and reading goes on; only broken
+nesting stops it), every bad size, wiring errors per phase, every layer
+that fails shape inference (``instantiate(collect_errors=True)``), and
+warnings about nets that load but probably do not do what their author
+meant. Each finding points at its ``file:line:col``.
 
 Checks are small functions in ``NET_CHECKS`` (over the whole NetParameter)
 and ``PHASE_CHECKS`` (over one shape-inferred phase); adding a check is
@@ -16,7 +17,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from netdef.compile.instantiate import Instance, instantiate
-from netdef.errors import GraphError, Location, NetdefError
+from netdef.errors import GraphError, Location, NetdefError, ParseError
 from netdef.frontend.graph import build_graph, layer_included, make_state
 from netdef.frontend.schema import PHASE_NAMES, pb, phase_value
 
@@ -42,6 +43,7 @@ class _Context:
         self.param: pb.NetParameter = source.param
         self.found: list[Finding] = []
         self.stand_ins: set[str] = set()     # layers replaced after a wiring error
+        self.invalid: set[str] = set()       # layers replaced because of a bad size
 
     def add(self, severity: str, message: str, index: int | None = None,
             loc: Location | None = None) -> None:
@@ -238,15 +240,25 @@ def check(net, phase=None, input_shapes=None, level: int = 0, stages=()) -> list
     """
     from netdef.frontend.source import NetSource, read_net
 
+    problems: list[NetdefError] = []
+    filename = getattr(net, "filename", None) or _name_of(net)
     try:
-        source = net if isinstance(net, NetSource) else read_net(net)
+        source = net if isinstance(net, NetSource) else read_net(net, errors=problems)
     except NetdefError as err:
-        return [_finding_from(err, getattr(net, "filename", None) or _name_of(net))]
+        problems.append(err)
+        source = None
+    read_errors = [_finding_from(e, filename) for e in problems]
+    if source is None or any(getattr(e, "structural", False) for e in problems):
+        return sorted(read_errors, key=lambda f: f.line)   # no whole net to look at
 
     ctx = _Context(source)
+    for index in source.invalid_layers:       # reported above; shapeless from here on
+        ctx.invalid.add(source.param.layer[index].name)
+        source = _without(source, index, drop=False)
+    ctx.source, ctx.param = source, source.param
     for fn in NET_CHECKS:
         fn(ctx)
-    net_level = list(ctx.found)
+    net_level = read_errors + list(ctx.found)
 
     if phase is not None:
         phases = [phase_value(phase)]
@@ -260,13 +272,36 @@ def check(net, phase=None, input_shapes=None, level: int = 0, stages=()) -> list
         _check_phase(ctx, ph, input_shapes, level, stages)
         per_phase.append(ctx.found)
 
-    findings = net_level + _merge_phases(phases, per_phase)
+    later = _note_skipped_fields(source, problems, _merge_phases(phases, per_phase))
+    findings = net_level + later
     return sorted(findings, key=lambda f: (f.severity != ERROR, f.line))
+
+
+def _note_skipped_fields(source, problems, findings: list[Finding]) -> list[Finding]:
+    """Findings at a layer that also had a field skipped by the parser say so:
+    the skipped field (a misspelt 'bottom') may be their cause."""
+    starts = [(loc.line, loc.col, i) for i, loc in enumerate(source.layer_locations)
+              if isinstance(loc, Location)]
+    starts.sort()
+    skipped: dict[str, str] = {}               # layer location -> first skipped field
+    for err in problems:
+        where = err.where
+        if not isinstance(where, Location) or not isinstance(err, ParseError):
+            continue
+        owner = [i for line, col, i in starts if (line, col) <= (where.line, where.col)]
+        if owner:
+            key = str(source.layer_locations[owner[-1]])
+            skipped.setdefault(key, f"{where.line}:{where.col}")
+    if not skipped:
+        return findings
+    return [Finding(f.severity, f.location, f"{f.message} (may follow from the field "
+                    f"skipped at line {skipped[f.location]})", f.line)
+            if f.location in skipped else f for f in findings]
 
 
 def _check_phase(ctx: _Context, phase: int, input_shapes, level, stages) -> None:
     source = ctx.source
-    stand_ins: set[str] = set()
+    stand_ins: set[str] = set(ctx.invalid)
     # build_graph stops at the first wiring error. To report them all, the
     # offending layer is replaced by a shapeless stand-in (an Input with no
     # shape: its tops become "unknown", so later layers are not blamed),

@@ -189,6 +189,8 @@ def run_time(args) -> int:
 
     if args.iterations < 1:
         raise NetdefError("--iterations must be at least 1")
+    if args.batch is not None and args.batch < 1:
+        raise NetdefError(f"--batch must be at least 1, got {args.batch}")
     if args.threads is not None:
         set_threads(args.threads)
     net = Net(args.net, args.weights, args.phase, input_shapes=shapes_of(args),
@@ -196,7 +198,7 @@ def run_time(args) -> int:
     if args.batch:
         for name in net.inputs:
             net.blobs[name].reshape((args.batch,) + net.input_shape(name)[1:])
-    report = time_net(net, args.iterations, progress=_progress("time"))
+    report = time_net(net, args.iterations, bar=None, log=log)
     for line in net.plan_log:           # what the compiler did: fusion, memory saved
         log(line)
     if args.json:
@@ -206,17 +208,6 @@ def run_time(args) -> int:
     return EXIT_OK
 
 
-def _progress(what: str):
-    if not sys.stderr.isatty():
-        return None
-
-    def show(done: int, total: int) -> None:
-        end = "\n" if done == total else ""
-        print(f"\r{what}: {done}/{total}", end=end, file=sys.stderr, flush=True)
-
-    return show
-
-
 # ------------------------------------------------------------- warmup ----
 def setup_warmup(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="print only the total")
@@ -224,10 +215,9 @@ def setup_warmup(p: argparse.ArgumentParser) -> None:
 
 def run_warmup(args) -> int:
     """Compile every kernel once into the Numba cache (first-run cost)."""
-    from netdef.kernels import warmup
+    from netdef.kernels import warmup_command
 
-    names, seconds = warmup(None if args.quiet else (lambda n: log(f"compiling {n}")))
-    print(f"{len(names)} kernels ready in {seconds:.1f} s")
+    print(warmup_command(quiet=args.quiet))
     return EXIT_OK
 
 
@@ -257,6 +247,172 @@ def run_convert(args) -> int:
     return EXIT_OK
 
 
+# --------------------------------------------- convert-imageset / mean ----
+def setup_convert_imageset(p: argparse.ArgumentParser) -> None:
+    p.usage = "netdef convert-imageset [options] [ROOT] LIST_OR_FOLDER OUT_LMDB"
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="ROOT LISTFILE OUT_LMDB (Caffe's order; ROOT is prefixed to the "
+                        "list's paths), or LISTFILE OUT_LMDB, or FOLDER OUT_LMDB with one "
+                        "subfolder per class (labels: sorted subfolder index)")
+    p.add_argument("--resize-height", type=int, default=0, metavar="H",
+                   help="resize every image to H x W (give both)")
+    p.add_argument("--resize-width", type=int, default=0, metavar="W")
+    p.add_argument("--gray", action="store_true", help="store one gray channel")
+    p.add_argument("--shuffle", action="store_true", help="shuffle the order (seeded)")
+    p.add_argument("--seed", type=int, default=0, help="seed of --shuffle (default: 0)")
+    p.add_argument("--encoded", action="store_true",
+                   help="store encoded images (the files themselves when no resize is asked)")
+    p.add_argument("--encode-type", default="", metavar="EXT",
+                   help="png or jpg for --encoded (default: each file's own)")
+    p.add_argument("--check-size", action="store_true",
+                   help="stop when an image's size differs from the first's")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run_convert_imageset(args) -> int:
+    """Build an LMDB of Datum records from images (Caffe's convert_imageset)."""
+    from netdef.data.imageset import convert_imageset
+
+    if len(args.paths) not in (2, 3):
+        raise NetdefError(f"convert-imageset takes [ROOT] LIST_OR_FOLDER OUT_LMDB, got "
+                          f"{len(args.paths)} paths")
+    *head, out = args.paths
+    root, listing = (head[0], head[1]) if len(head) == 2 else ("", head[0])
+    report = convert_imageset(listing, root, out, resize_height=args.resize_height,
+                              resize_width=args.resize_width, gray=args.gray,
+                              shuffle=args.shuffle, encoded=args.encoded,
+                              encode_type=args.encode_type, seed=args.seed,
+                              check_size=args.check_size,
+                              progress=False if args.quiet else None)
+    for label, name in enumerate(report.classes):
+        log(f"label {label}: {name}")
+    log(str(report))
+    return EXIT_OK
+
+
+def setup_compute_image_mean(p: argparse.ArgumentParser) -> None:
+    p.add_argument("lmdb", help="LMDB of Datum records (e.g. from convert-imageset)")
+    p.add_argument("out", nargs="?", help=".binaryproto to write (optional)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run_compute_image_mean(args) -> int:
+    """Mean image of an LMDB as a .binaryproto (Caffe's compute_image_mean)."""
+    from netdef.data.imageset import compute_image_mean
+
+    mean = compute_image_mean(args.lmdb, args.out, progress=False if args.quiet else None)
+    values = mean.mean(axis=(1, 2), dtype="float64")
+    print("mean_value per channel: " + ", ".join(f"{v:.4f}" for v in values))
+    if args.out:
+        log(f"wrote {args.out} (mean of shape {tuple(mean.shape)})")
+    return EXIT_OK
+
+
+# ------------------------------------------------ train / test / plot-log ----
+def setup_train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--solver", required=True, help="solver prototxt")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--weights", help="fine-tune from .caffemodel weights, copied by layer "
+                       "name (comma-separated for several)")
+    start.add_argument("--snapshot", help="resume from a .solverstate")
+    p.add_argument("--log-file", metavar="LOG",
+                   help="machine-readable log: .csv, else JSON lines (iteration, loss, lr, "
+                        "test scores)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, no log lines")
+    p.add_argument("--sigint-effect", choices=("stop", "snapshot", "none"), default="stop",
+                   help="on Ctrl-C (default: stop, after a snapshot)")
+    p.add_argument("--sighup-effect", choices=("stop", "snapshot", "none"), default="snapshot",
+                   help="on SIGHUP (default: snapshot and go on)")
+    p.add_argument("--threads", type=int, metavar="N", help="kernel threads")
+
+
+def run_train(args) -> int:
+    """Train a net with a solver prototxt (like caffe train)."""
+    from netdef.train import get_solver
+    from netdef.train.console import TrainConsole
+    from netdef.train.logfile import LogWriter
+
+    if args.threads is not None:
+        from netdef.run import set_threads
+
+        set_threads(args.threads)
+    console = TrainConsole(quiet=args.quiet)
+    try:
+        solver = get_solver(args.solver, log=console.log, sigint_effect=args.sigint_effect,
+                            sighup_effect=args.sighup_effect)
+        solver.add_callback(console)
+        if args.weights:
+            solver.load_weights(args.weights)
+        writer = None
+        if args.log_file:
+            writer = LogWriter(args.log_file, append=bool(args.snapshot))
+            solver.add_callback(writer)
+        try:
+            solver.solve(resume=args.snapshot)
+        finally:
+            if writer is not None:
+                writer.close()
+    finally:
+        console.close()
+    if solver.last_snapshot:
+        log(f"last snapshot: {solver.last_snapshot}")
+    return EXIT_INTERRUPTED if solver.requested_early_exit else EXIT_OK
+
+
+def setup_test(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="net prototxt with data layers")
+    p.add_argument("--weights", required=True, help=".caffemodel to score")
+    p.add_argument("--iterations", type=int, default=50, help="batches (default: 50)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of lines")
+    p.add_argument("--threads", type=int, metavar="N", help="kernel threads")
+    add_net_state(p)
+
+
+def run_test(args) -> int:
+    """Mean of every output blob over N batches (like caffe test)."""
+    from netdef.train.evaluate import evaluate
+
+    if args.threads is not None:
+        from netdef.run import set_threads
+
+        set_threads(args.threads)
+    report = evaluate(args.model, args.weights, args.iterations, args.phase, args.level,
+                      args.stage, log=log)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print("\n".join(report.lines()))
+    return EXIT_OK
+
+
+def setup_plot_log(p: argparse.ArgumentParser) -> None:
+    p.add_argument("log", help="a --log-file of netdef train (.jsonl/.csv), or a text log")
+    p.add_argument("out", help="picture to write (.png, .svg, .pdf)")
+    p.add_argument("--title", help="title of the figure (default: the log's name)")
+
+
+def run_plot_log(args) -> int:
+    """Draw the loss and accuracy curves of a training log."""
+    from netdef.train.plot import plot_log
+
+    curves = plot_log(args.log, args.out, args.title)
+    log(f"wrote {args.out} ({', '.join(curves)})")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------ pycaffe ----
+def setup_pycaffe(p: argparse.ArgumentParser) -> None:
+    p.add_argument("script", help="a pycaffe script (import caffe ...), run unmodified")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="the script's own arguments")
+
+
+def run_pycaffe(args) -> int:
+    """Run a pycaffe script unmodified: its `import caffe` gets netdef."""
+    from netdef.compat.runner import run
+
+    return run(args.script, args.args)
+
+
 # -------------------------------------------------------- the table ----
 # name -> (setup_parser, handler); the handler's docstring is the help line.
 COMMANDS = {
@@ -269,6 +425,12 @@ COMMANDS = {
     "time": (setup_time, run_time),
     "warmup": (setup_warmup, run_warmup),
     "convert": (setup_convert, run_convert),
+    "convert-imageset": (setup_convert_imageset, run_convert_imageset),
+    "compute-image-mean": (setup_compute_image_mean, run_compute_image_mean),
+    "train": (setup_train, run_train),
+    "test": (setup_test, run_test),
+    "plot-log": (setup_plot_log, run_plot_log),
+    "pycaffe": (setup_pycaffe, run_pycaffe),
 }
 
 

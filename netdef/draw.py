@@ -473,6 +473,14 @@ def draw(net, out_path, rankdir: str = "TB", phase="TEST", display_lr: bool = Fa
     from netdef.io.atomic import atomic_write
 
     fmt = output_format(out_path)
+    folder = os.path.dirname(os.path.abspath(os.fspath(out_path)))
+    if not os.path.isdir(folder):
+        raise NetdefError(f"cannot write '{out_path}': the folder '{folder}' does not exist",
+                          hint="create it first, or pick another output path")
     text = to_dot(net, rankdir, phase, display_lr, input_shapes, level, stages)
-    atomic_write(out_path, text if fmt in ("dot", "gv") else render(text, fmt))
+    data = text if fmt in ("dot", "gv") else render(text, fmt)
+    try:
+        atomic_write(out_path, data)
+    except OSError as err:     # name the user's path, not the temporary file beside it
+        raise NetdefError(f"cannot write '{out_path}': {err.strerror or err}") from None
     return fmt

@@ -66,6 +66,16 @@ class InputError(NetdefError):
     """Bad user data given at run time (images, arrays, mean files)."""
 
 
+class DataError(NetdefError):
+    """A data layer's source cannot be read: missing, empty, a corrupt record,
+    or records whose shapes differ. ``key`` names the record when there is one
+    (a training loop can stop cleanly on it)."""
+
+    def __init__(self, message: str, *, where=None, hint=None, key: str | None = None):
+        self.key = key
+        super().__init__(message, where=where, hint=hint)
+
+
 def did_you_mean(name: str, choices, n: int = 3) -> str | None:
     """A 'did you mean ...?' hint naming the closest known names, or None."""
     import difflib

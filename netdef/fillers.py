@@ -136,12 +136,16 @@ def fill(shape, filler: pb.FillerParameter | None, rng: np.random.Generator,
     """A new float32 array of ``shape`` filled as ``filler`` says.
 
     ``filler=None`` gives zeros (a constant 0 filler); each layer passes its
-    own default when its prototxt gives none. ``where`` (e.g. "layer 'conv1'
-    (Convolution)") prefixes error messages.
+    own default when its prototxt gives none. A callable ``filler(shape,
+    rng)`` gives its own values (a Python layer's blobs keep what its setup
+    wrote). ``where`` (e.g. "layer 'conv1' (Convolution)") prefixes error
+    messages.
     """
     shape = tuple(int(d) for d in shape)
     if filler is None:
         return np.zeros(shape, dtype=np.float32)
+    if callable(filler):
+        return np.asarray(filler(shape, rng), dtype=np.float32).reshape(shape)
     kind = filler.type
     impl = _FILLERS.get(kind)
     if impl is None:

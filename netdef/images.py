@@ -8,9 +8,10 @@ Two preprocessing paths exist in Caffe and both live here:
   center-crops, like ``Classifier.predict(oversample=False)``), transposes to
   C x H x W, swaps RGB to BGR, multiplies by ``raw_scale`` (255), subtracts
   the mean and multiplies by ``input_scale`` -- in that order.
-* the data layers' ``transform_param``: :class:`DataTransformer` crops
-  (random in TRAIN, center in TEST), mirrors, subtracts ``mean_file`` or
-  ``mean_value`` and multiplies by ``scale``.
+* the data layers' ``transform_param``: ``netdef.data.transform``'s
+  DataTransformer (still importable from here) crops (random in TRAIN,
+  center in TEST), mirrors, subtracts ``mean_file`` or ``mean_value`` and
+  multiplies by ``scale``.
 
 Resizing (:func:`resize_image`) is bilinear with half-pixel centers and edge
 clamping, without anti-aliasing. Measured on ../shared images (cat.jpg
@@ -43,7 +44,11 @@ _GRAY_WEIGHTS = np.array([0.2125, 0.7154, 0.0721])
 
 # ------------------------------------------------------------- loading ----
 
-def load_image(path, color: bool = True) -> np.ndarray:
+ALPHA_DROPPED = ("the alpha channel is dropped (transparent pixels are not composited onto "
+                 "a background)")
+
+
+def load_image(path, color: bool = True, notes: list | None = None) -> np.ndarray:
     """Read an image file as float32 H x W x C in [0, 1], like pycaffe.
 
     ``color=True`` gives 3 RGB channels: grayscale is replicated, palette
@@ -53,7 +58,9 @@ def load_image(path, color: bool = True) -> np.ndarray:
     ``rgb2gray``). 8-bit data is divided by 255, 16-bit by 65535 (Pillow's
     32-bit "I" mode, used for some 16-bit files, is scaled the same way and
     clipped), float ("F") data is kept as is. EXIF orientation is ignored, as
-    in pycaffe. Multi-frame files give their first frame.
+    in pycaffe. Multi-frame files give their first frame. What is dropped
+    on the way (transparency) is appended to ``notes`` as a sentence, so a
+    caller can say so.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -70,6 +77,8 @@ def load_image(path, color: bool = True) -> np.ndarray:
     except (OSError, ValueError, SyntaxError) as e:  # unreadable, truncated or corrupt
         reason = e.strerror if isinstance(e, OSError) and e.strerror else e
         raise InputError(f"cannot read image: {reason}", where=where) from None
+    if notes is not None and _has_transparency(img):
+        notes.append(ALPHA_DROPPED)
     arr = _pixels(img)
     if arr.ndim == 2:
         arr = arr[:, :, None]
@@ -78,6 +87,16 @@ def load_image(path, color: bool = True) -> np.ndarray:
     elif not color and arr.shape[2] == 3:
         arr = (arr @ _GRAY_WEIGHTS)[:, :, None]
     return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def _has_transparency(img) -> bool:
+    """Whether any pixel is not fully opaque (an all-opaque alpha loses nothing)."""
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if "A" not in img.getbands() and "a" not in img.getbands():
+        return False
+    low, _ = img.getchannel("A" if "A" in img.getbands() else "a").getextrema()
+    return low < 255       # alpha bands are 8-bit in every Pillow mode that has one
 
 
 def _pixels(img) -> np.ndarray:
@@ -351,90 +370,10 @@ class Preprocessor:
 
 # ------------------------------------------------------ transform_param ----
 
-class DataTransformer:
-    """Caffe's ``transform_param`` for data layers, on C x H x W arrays.
+def __getattr__(name):
+    # The data layers' DataTransformer lives in netdef.data.transform now.
+    if name == "DataTransformer":
+        from netdef.data.transform import DataTransformer
 
-    Per item, in Caffe's order: pick the crop window (``crop_size``: random
-    in TRAIN, centered in TEST) and whether to mirror (``mirror: true``: a
-    coin flip per item, in both phases, as Caffe does), then compute
-    ``(x - mean) * scale`` over the window, flipped left-right if mirrored.
-    ``mean_file`` must have the item's full (C, H, W) size and is cropped at
-    the same window; ``mean_value`` is one value or one per channel.
-    ``force_color``/``force_gray`` concern image decoding, not this step.
-    """
-
-    def __init__(self, param=None, phase="TEST", rng=None):
-        from netdef.frontend.schema import pb, phase_value
-
-        param = param if param is not None else pb.TransformationParameter()
-        self.phase = phase_value(phase)
-        self.train = self.phase == pb.TRAIN
-        self.rng = rng if rng is not None else np.random.default_rng(0)
-        self.scale = float(param.scale)
-        self.mirror = bool(param.mirror)
-        self.crop_size = int(param.crop_size)
-        self.mean_file = param.mean_file if param.HasField("mean_file") else None
-        if self.mean_file and len(param.mean_value):
-            raise InputError("transform_param sets both mean_file and mean_value; "
-                             "give one of them", where=self.mean_file)
-        self.mean_image = None
-        if self.mean_file:
-            from netdef.io.binaryproto import read_mean
-
-            self.mean_image = read_mean(self.mean_file)
-        self.mean_values = np.array(param.mean_value, dtype=np.float32) if \
-            len(param.mean_value) else None
-
-    def output_shape(self, shape) -> tuple[int, ...]:
-        """The transformed shape of a (C, H, W) or (N, C, H, W) shape."""
-        shape = tuple(int(d) for d in shape)
-        if not self.crop_size:
-            return shape
-        return shape[:-2] + (self.crop_size, self.crop_size)
-
-    def __call__(self, item) -> np.ndarray:
-        """Transform one C x H x W item (uint8 or float) to float32."""
-        x = np.asarray(item)
-        if x.ndim != 3:
-            raise InputError(f"a data item must be C x H x W, got shape {x.shape}")
-        c, h, w = x.shape
-        mean = self._mean_for(x.shape)
-        do_mirror = self.mirror and bool(self.rng.integers(2))
-        oy, ox = 0, 0
-        if self.crop_size:
-            size = self.crop_size
-            if size > h or size > w:
-                raise InputError(f"crop_size {size} is larger than the data item {h}x{w}")
-            if self.train:
-                oy, ox = int(self.rng.integers(h - size + 1)), int(self.rng.integers(w - size + 1))
-            else:
-                oy, ox = center_crop_offsets((h, w), (size, size))
-            window = (slice(None), slice(oy, oy + size), slice(ox, ox + size))
-            x = x[window]
-            if mean is self.mean_image and mean is not None:
-                mean = mean[window]
-        out = x.astype(np.float32)
-        if mean is not None:
-            out -= mean
-        if self.scale != 1.0:
-            out *= np.float32(self.scale)
-        return np.ascontiguousarray(out[:, :, ::-1]) if do_mirror else out
-
-    def transform_batch(self, batch) -> np.ndarray:
-        """Transform every item of an N x C x H x W batch independently."""
-        return np.stack([self(item) for item in np.asarray(batch)])
-
-    def _mean_for(self, shape):
-        c = shape[0]
-        if self.mean_image is not None:
-            if self.mean_image.shape != tuple(shape):
-                raise InputError(f"the mean has shape {self.mean_image.shape} but the data items "
-                                 f"are {tuple(shape)}; Caffe needs them equal",
-                                 where=self.mean_file)
-            return self.mean_image
-        if self.mean_values is None:
-            return None
-        if self.mean_values.size not in (1, c):
-            raise InputError(f"transform_param has {self.mean_values.size} mean_value entries "
-                             f"for {c} channels", hint="give one value or one per channel")
-        return np.broadcast_to(self.mean_values, (c,)).reshape(c, 1, 1)
+        return DataTransformer
+    raise AttributeError(f"module 'netdef.images' has no attribute {name!r}")

@@ -21,6 +21,7 @@ import numpy as np
 
 from netdef.blob import DTYPE
 from netdef.compile.instantiate import Instance, instantiate
+from netdef.compile.memory import check_params_fit
 from netdef.compile.plan import Plan, build_plan
 from netdef.errors import InputError, NetdefError, did_you_mean
 from netdef.frontend.graph import build_graph
@@ -74,6 +75,7 @@ class Net:
         self.load_report = None
         self.random_weights = True
         self._filled: set[int] = set()     # ids of parameter blobs holding values
+        check_params_fit(self._inst)       # before any parameter is allocated
         if weights is not None:
             self.copy_from(weights, strict=strict)
         self._init_params(seed)            # only what the weights did not cover
@@ -206,8 +208,12 @@ class Net:
 
     @property
     def learnable_params(self) -> list:
-        """One ParamInfo per distinct learnable blob, in Caffe's order (a
-        shared parameter appears once, with its owner's multipliers)."""
+        """One ParamInfo per distinct parameter blob, in Caffe's order (a
+        shared parameter appears once, with its owner's multipliers).
+
+        Stored statistics (BatchNorm's mean, variance and factor) are listed
+        too, with lr_mult 0, as Caffe lists them: so a solver keeps one
+        history blob per parameter and solverstates match Caffe's."""
         from netdef.compile.backward import lr_mults
 
         seen: set[int] = set()
@@ -216,7 +222,7 @@ class Net:
             specs = step.node.param.param
             mults = lr_mults(step)
             for j, blob in enumerate(step.layer.blobs):
-                if id(blob) in seen or not step.layer.learnable[j]:
+                if id(blob) in seen:
                     continue
                 seen.add(id(blob))
                 decay = specs[j].decay_mult if j < len(specs) else 1.0

@@ -121,12 +121,25 @@ def cmd_run(args) -> int:
     if math.prod(out_shape[2:]) > 1:
         _log(f"note: '{output_blob}' has shape {out_shape}; ranking all "
              f"{math.prod(out_shape[1:])} values of each image as classes")
-    probs, softmaxed = as_probabilities(scores)
-    if softmaxed:
-        _log(f"note: '{output_blob}' is not a probability distribution (values outside "
-             f"[0, 1] or rows not summing to 1): showing softmax({output_blob})")
-    labels, label_source = find_labels(args.labels, probs.shape[1])
-    _log(f"output '{output_blob}': {probs.shape[1]} classes; labels: {label_source}")
+    bad = int((~np.isfinite(scores)).any(axis=1).sum())
+    if bad:
+        _log(f"WARNING: '{output_blob}' holds NaN or infinite values for {bad} of "
+             f"{len(scores)} image(s): the results below are MEANINGLESS (non-finite weights, "
+             "or an input or layer that overflows)")
+    if scores.shape[1] == 1:
+        probs, squashed = binary_probabilities(scores)
+        _log(f"note: '{output_blob}' has one value per image: a binary probability p of "
+             "class 1, shown with 1 - p for class 0" +
+             (f" (values outside [0, 1]: showing sigmoid({output_blob}))" if squashed else ""))
+        labels, label_source = find_binary_labels(args.labels)
+    else:
+        probs, softmaxed = as_probabilities(scores)
+        if softmaxed:
+            _log(f"note: '{output_blob}' is not a probability distribution (values outside "
+                 f"[0, 1] or rows not summing to 1): showing softmax({output_blob})")
+        labels, label_source = find_labels(args.labels, probs.shape[1])
+    classes = "one binary probability" if scores.shape[1] == 1 else f"{probs.shape[1]} classes"
+    _log(f"output '{output_blob}': {classes}; labels: {label_source}")
     for (name, path), arr in zip(saves, saved, strict=True):
         save_npy(path, arr)
         _log(f"saved '{name}' {arr.shape} to {path}")
@@ -149,8 +162,7 @@ def _open_net(args, save_names):
         for line in report if args.verbose else report[-1:]:
             _log(line.strip())
     if net.random_weights:
-        _log("WARNING: no --weights given: all weights are RANDOM (seed 0), "
-             "so the predictions below are MEANINGLESS")
+        _log("WARNING: no --weights given: " + describe_initial_weights(net))
     input_blob = _pick(args.input_blob, net.inputs, "input", net)
     output_blob = args.output_blob or (net.outputs[-1] if net.outputs else None)
     for name in [output_blob, *save_names]:
@@ -198,20 +210,46 @@ def _save_spec(text: str) -> tuple[str, str]:
 
 def _forward_all(net, prep, args, input_blob, output_blob, saves):
     """Run every image through the net; returns (scores (N, K), [saved arrays])."""
-    from netdef.images import load_image
+    from netdef.images import ALPHA_DROPPED, load_image
+    from netdef.kernels import compile_notice
+    from netdef.progress import progress_bar
 
-    progress = Progress(len(args.images), args.progress or sys.stderr.isatty())
+    enabled = True if args.progress else None
     scores, saved = [], [[] for _ in saves]
-    for start in range(0, len(args.images), args.batch):
-        paths = args.images[start:start + args.batch]
-        batch = np.stack([prep(load_image(p, color=prep.color)) for p in paths])
-        out = net.forward(**{input_blob: batch})
-        result = out[output_blob] if output_blob in out else net.blobs[output_blob].data
-        scores.append(np.array(result, dtype=np.float32).reshape(len(paths), -1))
-        for store, (name, _) in zip(saved, saves, strict=True):
-            store.append(np.array(net.blobs[name].data))
-        progress.advance(len(paths))
-    progress.close()
+    with_alpha: list[str] = []
+    bar = None       # opened after the first batch, which may show the compile counter
+    try:
+        for start in range(0, len(args.images), args.batch):
+            paths = args.images[start:start + args.batch]
+            images = []
+            for p in paths:
+                notes: list[str] = []
+                images.append(prep(load_image(p, color=prep.color, notes=notes)))
+                if ALPHA_DROPPED in notes:
+                    with_alpha.append(p)
+            batch = np.stack(images)
+            if start == 0:       # the first pass compiles the kernels on a new machine
+                with compile_notice(_log, enabled=enabled):
+                    out = net.forward(**{input_blob: batch})
+            else:
+                out = net.forward(**{input_blob: batch})
+            result = out[output_blob] if output_blob in out else net.blobs[output_blob].data
+            scores.append(np.array(result, dtype=np.float32).reshape(len(paths), -1))
+            for store, (name, _) in zip(saved, saves, strict=True):
+                store.append(np.array(net.blobs[name].data))
+            if bar is None:
+                bar = progress_bar(total=len(args.images), desc="run", unit="img",
+                                   enabled=enabled, leave=True)
+            bar.update(len(paths))
+    finally:
+        if bar is not None:
+            bar.close()
+    if with_alpha:
+        shown = ", ".join(with_alpha[:3]) + (f" and {len(with_alpha) - 3} more"
+                                             if len(with_alpha) > 3 else "")
+        _log(f"note: {len(with_alpha)} image(s) have transparent pixels ({shown}): the alpha "
+             "channel is dropped, not composited onto a background (as pycaffe does), so "
+             "transparent pixels count with whatever color they store")
     return np.concatenate(scores), [np.concatenate(s) for s in saved]
 
 
@@ -226,6 +264,69 @@ def as_probabilities(scores: np.ndarray) -> tuple[np.ndarray, bool]:
         return scores, False
     shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
     return shifted / shifted.sum(axis=1, keepdims=True), True
+
+
+def binary_probabilities(scores: np.ndarray) -> tuple[np.ndarray, bool]:
+    """``(probs, squashed)`` for a one-unit output: columns (1 - p, p).
+
+    A value in [0, 1] (a Sigmoid top) is p itself; anything else is taken as
+    a logit and squashed with the sigmoid. Softmax over one value would
+    always give 1.
+    """
+    p = np.asarray(scores, dtype=np.float64).reshape(-1)
+    finite = p[np.isfinite(p)]
+    squashed = bool(finite.size) and (finite.min() < -1e-6 or finite.max() > 1 + 1e-6)
+    if squashed:
+        p = 0.5 * (1.0 + np.tanh(0.5 * p))     # a sigmoid that does not overflow
+    return np.stack([1.0 - p, p], axis=1), squashed
+
+
+def find_binary_labels(explicit) -> tuple[list[str], str]:
+    """Labels of a one-unit output: a file of 2 lines (class 0, class 1) or of 1 line
+    (the positive class); by default "0 (1 - p)" and "1 (p)"."""
+    if not explicit:
+        return ["0 (1 - p)", "1 (p)"], "none (class 1 is p, class 0 is 1 - p)"
+    labels = load_labels(explicit)
+    if len(labels) == 1:
+        return [f"not {labels[0]}", labels[0]], explicit
+    if len(labels) != 2:
+        raise InputError(f"the labels file has {len(labels)} lines but the output is one "
+                         "binary probability", where=explicit,
+                         hint="give 2 lines (class 0, class 1) or 1 (the positive class)")
+    return labels, explicit
+
+
+def describe_initial_weights(net) -> str:
+    """What the weights of a net loaded without a weight file really are.
+
+    Layers get their values from the prototxt's fillers; a layer without a
+    ``weight_filler`` gets Caffe's default, the constant 0. The text says
+    whether the weights are random or constant, and that the result means
+    nothing either way.
+    """
+    random, constant, zero = [], [], True
+    for name, blobs in net.params.items():
+        arrays = [b.data for b in blobs if b.count]
+        if not arrays:
+            continue
+        if any(float(a.min()) != float(a.max()) for a in arrays):
+            random.append(name)
+        else:
+            constant.append(name)
+            zero = zero and all(not a.any() for a in arrays)
+    if not random and not constant:
+        return "the net has no weights, yet its output is not from a trained model"
+    if not random:
+        value = "ZERO (the prototxt has no fillers" if zero else \
+            "CONSTANT (the prototxt has no random fillers"
+        return (f"every weight is {value}, and Caffe's default filler is the constant 0), "
+                "so every image gets the same scores and the result below MEANS NOTHING")
+    text = (f"weights are RANDOM (the prototxt's fillers, seed 0) in {len(random)} layer(s), "
+            "so the predictions below are MEANINGLESS")
+    if constant:
+        names = ", ".join(constant[:3]) + (", ..." if len(constant) > 3 else "")
+        text += f"; {len(constant)} layer(s) are constant (no filler: {names})"
+    return text
 
 
 def top_k(row: np.ndarray, k: int, labels: list[str] | None) -> list[dict]:
@@ -300,22 +401,3 @@ def set_threads(n: int) -> None:
                          hint="NUMBA_NUM_THREADS caps it; set that variable to go higher")
     numba.set_num_threads(n)
     threadpool_limits(n)         # applies now, for the rest of the process
-
-
-class Progress:
-    """A one-line progress bar on stderr; silent when disabled."""
-
-    def __init__(self, total: int, enabled: bool, width: int = 30):
-        self.total, self.done, self.enabled, self.width = total, 0, enabled, width
-
-    def advance(self, n: int) -> None:
-        self.done += n
-        if self.enabled:
-            filled = self.width * self.done // max(self.total, 1)
-            bar = "#" * filled + "." * (self.width - filled)
-            print(f"\r[{bar}] {self.done}/{self.total} images", end="", file=sys.stderr,
-                  flush=True)
-
-    def close(self) -> None:
-        if self.enabled and self.done:
-            print(file=sys.stderr)

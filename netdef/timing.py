@@ -35,25 +35,43 @@ class TimingReport:
                 "layers": [{"name": n, "type": t, "ms": ms} for n, t, ms in self.layers]}
 
 
-def time_net(net, iterations: int = 50, warmup: int = 2, progress=None) -> TimingReport:
-    """Time ``net`` (a netdef.Net) on random inputs of its current shapes."""
+def time_net(net, iterations: int = 50, warmup: int = 2, progress=None, *,
+             bar: bool | None = False, log=None) -> TimingReport:
+    """Time ``net`` (a netdef.Net) on random inputs of its current shapes.
+
+    ``progress(done, total)`` is called after each timed pass; ``bar`` draws
+    a ``netdef.progress`` bar over them (None: when stderr is a terminal).
+    With ``log``, kernels compiled by the first pass are announced there
+    (``kernels.compile_notice``).
+    """
+    from netdef.progress import progress_bar
+
+    net._plan()          # plans (and checks the memory) before the inputs are allocated
     rng = np.random.default_rng(0)
-    inputs = {name: rng.standard_normal(net.input_shape(name)).astype(np.float32)
+    inputs = {name: rng.standard_normal(net.input_shape(name), dtype=np.float32)
               for name in net.inputs}
     t0 = time.perf_counter()
-    net.forward(**inputs)
+    if log is not None:
+        from netdef.kernels import compile_notice
+
+        with compile_notice(log, enabled=bar):
+            net.forward(**inputs)
+    else:
+        net.forward(**inputs)
     first = (time.perf_counter() - t0) * 1e3
     for _ in range(warmup):
         net.forward()
     plan = net._plan()
     per_layer: dict[str, float] = {}
     walls = []
-    for i in range(iterations):
-        t0 = time.perf_counter()
-        plan.run(timings=per_layer)
-        walls.append(time.perf_counter() - t0)
-        if progress:
-            progress(i + 1, iterations)
+    with progress_bar(total=iterations, desc="time", unit="pass", enabled=bar) as shown:
+        for i in range(iterations):
+            t0 = time.perf_counter()
+            plan.run(timings=per_layer)
+            walls.append(time.perf_counter() - t0)
+            shown.update(1)
+            if progress:
+                progress(i + 1, iterations)
     rows = [(s.name, s.layer.type, per_layer.get(s.name, 0.0) / iterations * 1e3)
             for s in plan.steps]
     batch = net.input_shape(net.inputs[0])[0] if net.inputs else 0

@@ -5,6 +5,9 @@ own test files.
 """
 from __future__ import annotations
 
+import pathlib
+import re
+
 import pytest
 
 from netdef.errors import Location, NetdefError, ParseError, UpgradeError
@@ -192,3 +195,130 @@ def test_solver_with_conflicting_types(tmp_path):
         read_solver(path)
     assert info.value.where == Location(str(path), 2, 1)
     assert "solver_type: ADAM" in info.value.message
+
+
+# ------------------------------------------------ sizes written in the net ----
+LENET_INPUT = 'layer { name: "data" type: "Input" top: "data"\n' \
+              '  input_param { shape { dim: 1 dim: 1 dim: 28 dim: 28 } } }\n'
+
+# (id, text, line, col, words in the message)
+SIZE_CASES = [
+    ("negative Input dim", LENET_INPUT.replace("dim: 28 dim: 28", "dim: -1 dim: 28"),
+     2, 39, ["Input layer 'data'", "size -1 in shape (1, 1, -1, 28) is negative"]),
+    ("zero batch", LENET_INPUT.replace("dim: 1 dim: 1", "dim: 0 dim: 1"),
+     2, 25, ["size 0 in shape (0, 1, 28, 28) leaves the blob empty"]),
+    ("axis over int", LENET_INPUT.replace("dim: 1 dim: 1", f"dim: {10**12} dim: 1"),
+     2, 25, ["larger than one axis can be"]),
+    ("absurd product", LENET_INPUT.replace("dim: 1 dim: 1", "dim: 100000 dim: 100000"),
+     2, 25, ["holds 7.84e+12 values"]),
+    ("negative input_dim header",
+     'input: "data"\ninput_dim: 1\ninput_dim: -3\ninput_dim: 8\ninput_dim: 8\n',
+     3, 1, ["Input layer 'input'", "size -3"]),
+    ("zero input_shape header",
+     'input: "data"\ninput_shape { dim: 1 dim: 3 dim: 0 dim: 8 }\n', 2, 29, ["size 0"]),
+    ("negative DummyData shape",
+     'layer { name: "d" type: "DummyData" top: "a"\n'
+     '  dummy_data_param { shape { dim: 2 dim: -5 } } }\n',
+     2, 37, ["DummyData layer 'd'", "size -5 in shape (2, -5)"]),
+    ("zero legacy DummyData num",
+     'layer { name: "d" type: "DummyData" top: "a"\n'
+     '  dummy_data_param { num: 0 channels: 3 height: 4 width: 4 } }\n',
+     2, 22, ["size 0 leaves the blob empty"]),
+    ("negative V1 DummyData shape",
+     'layers { name: "d" type: DUMMY_DATA top: "a"\n'
+     '  dummy_data_param { shape { dim: -2 } } }\n', 2, 30, ["size -2"]),
+]
+
+
+@pytest.mark.parametrize("text,line,col,what", [c[1:] for c in SIZE_CASES],
+                         ids=[c[0] for c in SIZE_CASES])
+def test_bad_size_points_at_the_value(text, line, col, what):
+    with pytest.raises(ParseError) as info:
+        read_net(text, filename=FILE)
+    err = info.value
+    assert err.where == Location(FILE, line, col), str(err)
+    for words in what:
+        assert words in err.message, str(err)
+
+
+def test_bad_sizes_are_all_collected():
+    errors = []
+    source = read_net(LENET_INPUT.replace("dim: 28 dim: 28", "dim: -1 dim: 0"),
+                      filename=FILE, errors=errors)
+    assert [e.where.col for e in errors] == [39, 47]
+    assert source.invalid_layers == [0]
+
+
+def test_v0_value_that_does_not_fit_its_upgraded_field():
+    text = ('layers {\n  layer { name: "img" type: "images" source: "l.txt" batchsize: 2\n'
+            '    new_height: -1 }\n  top: "data" top: "label"\n}\n')
+    with pytest.raises(UpgradeError) as info:
+        read_net(text, filename=FILE)
+    assert info.value.where == Location(FILE, 3, 5)
+    assert "new_height: -1" in info.value.message and "uint32" in info.value.message
+
+
+def test_missing_file_hint_only_for_text_like_names(tmp_path):
+    with pytest.raises(ParseError) as info:
+        read_net(str(tmp_path / "missing.prototxt"))
+    assert info.value.hint is None and "taken as a file name" not in str(info.value)
+    with pytest.raises(ParseError) as info:
+        read_net('name: "oneline"')               # prototxt text without '{' or newline
+    assert "taken as a file name" in info.value.hint
+
+
+# ------------------------------------------------------------ the fuzz ----
+LEGACY_NET = """name: "LeNetLegacy"
+input: "data"
+input_dim: 1
+input_dim: 1
+input_dim: 28
+input_dim: 28
+layers { name: "conv1" type: CONVOLUTION bottom: "data" top: "conv1"
+  blobs_lr: 1 blobs_lr: 2 convolution_param { num_output: 4 kernel_size: 5 stride: 1 } }
+layers { name: "pool1" type: POOLING bottom: "conv1" top: "pool1"
+  pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layers { name: "ip1" type: INNER_PRODUCT bottom: "pool1" top: "ip1"
+  inner_product_param { num_output: 10 } }
+layers { name: "dummy" type: DUMMY_DATA top: "d2"
+  dummy_data_param { num: 2 channels: 3 height: 4 width: 5 } }
+layers { name: "prob" type: SOFTMAX bottom: "ip1" top: "prob" }
+"""
+_NUMBER = re.compile(r"(?<![\w.-])\d+(?![\w.])")
+
+
+def _mutations(text):
+    """Every integer outside comments replaced, one at a time, by -1, 0 and 10**12."""
+    for m in _NUMBER.finditer(text):
+        line_start = text.rfind("\n", 0, m.start()) + 1
+        if "#" in text[line_start:m.start()]:
+            continue
+        for value in ("-1", "0", str(10**12)):
+            yield text[:m.start()] + value + text[m.end():]
+
+
+@pytest.mark.parametrize("which", ["lenet", "legacy"])
+def test_fuzzed_numbers_never_give_a_traceback(which, tmp_path, capsys):
+    """summary/check/draw/time/run on each mutant: success, or one located line, exit 2."""
+    from PIL import Image
+
+    from netdef import cli
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    text = (root / "zoo_defs" / "lenet.prototxt").read_text() if which == "lenet" \
+        else LEGACY_NET
+    image = tmp_path / "digit.png"
+    Image.new("L", (28, 28), 128).save(image)
+    net = tmp_path / "mutant.prototxt"
+    mutants = list(_mutations(text))
+    assert len(mutants) > 20
+    for mutant in mutants:
+        net.write_text(mutant)
+        for argv in (["summary", net], ["check", net], ["draw", net, tmp_path / "m.dot"],
+                     ["time", net, "--iterations", "1"], ["run", net, image]):
+            code = cli.main([str(a) for a in argv])       # anything but NetdefError escapes
+            _, err = capsys.readouterr()
+            assert code in (0, 1, 2), (argv[0], mutant)
+            errors = [ln for ln in err.splitlines() if ln.startswith("netdef: error:")]
+            if code == 2:
+                assert len(errors) == 1 and "Traceback" not in err, (argv[0], err)

@@ -70,11 +70,35 @@ def test_finding_text():
     assert str(f) == "net.prototxt:3:1: error: something"
 
 
-def test_parse_error_stops_with_one_finding():
-    found = check('layer { name: "x" type: "ReLU" botom: "a" }')
-    assert len(found) == 1
-    assert found[0].severity == "error" and found[0].location.startswith("<string>:1:")
-    assert "botom" in found[0].message
+def test_parse_errors_do_not_stop_the_check():
+    # a misspelt field and a misspelt type (and an enum, and a bad size): one run
+    text = ('name: "n"\n'
+            'layer { name: "data" type: "Input" top: "data"\n'
+            '  input_param { shape { dim: 1 dim: 3 dim: -8 dim: 8 } } }\n'
+            'layer { name: "c" type: "Convolution" bottom: "data" top: "c"\n'
+            '  convolution_param { num_output: 4 kernel_sise: 3 } }\n'
+            'layer { name: "r" type: "ReLUU" bottom: "c" top: "c" }\n'
+            'layer { name: "p" type: "Pooling" bottom: "c" top: "p" pooling_param { pool: MAXX } }\n')
+    found = check(text)
+    messages = [f"{f.location} {f.message}" for f in found]
+    assert all(f.severity == "error" for f in found), messages
+    for where, words in [("3:39", "size -8"), ("5:37", "'kernel_sise'"),
+                         ("6:19", "unknown layer type 'ReLUU'"), ("7:78", "'MAXX'")]:
+        assert any(m.startswith(f"<string>:{where} ") and words in m for m in messages), \
+            (where, messages)
+    # a bad size does not blame the layers after it
+    assert len(found) == 4, messages
+    # with a good size, the layer that lost its kernel_size says why it is broken
+    found = check(text.replace("-8", "8"))
+    lost = [f for f in found if f.location == "<string>:4:1"]
+    assert lost and all("may follow from the field skipped at line 5:37" in f.message
+                        for f in lost), [str(f) for f in found]
+
+
+def test_broken_nesting_stops_after_what_came_before():
+    found = check('layer { name: "x" typ: "ReLU" }\nlayer { name: "y"\n')
+    assert [f.location for f in found] == ["<string>:1:19", "<string>:2:7"]
+    assert "never closed" in found[1].message
 
 
 def test_missing_file_is_one_finding(tmp_path):

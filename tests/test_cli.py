@@ -178,3 +178,48 @@ def test_python_dash_m_entry_point(files):
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     assert "Total params: 112" in done.stdout
+
+
+def test_missing_net_file_has_no_api_hint(files, capsys):
+    code, _, err = run(capsys, "summary", files["dir"] / "absent.prototxt")
+    assert code == 2 and "absent.prototxt" in err and "taken as a file name" not in err
+
+
+def test_draw_into_a_missing_folder_names_the_folder(files, capsys):
+    target = files["dir"] / "no" / "such" / "net.dot"
+    code, _, err = run(capsys, "draw", files["deploy"], target)
+    assert code == 2 and err.count("\n") == 1
+    assert f"folder '{target.parent}' does not exist" in err and ".tmp" not in err
+
+
+def test_time_refuses_a_net_that_cannot_fit(files, capsys, monkeypatch):
+    monkeypatch.setenv("NETDEF_MEMORY_LIMIT", "1000")     # bytes: the params fit, not the rest
+    code, out, err = run(capsys, "time", files["deploy"], "--iterations", "1")
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert f"{files['deploy']}:2:1: net 'tiny' with these input shapes needs" in err
+    assert "of memory" in err and "but only 1000 B is available" in err
+    assert "inputs: 'data' (1, 3, 8, 8)" in err
+
+
+def test_time_batch_must_be_positive(files, capsys):
+    code, _, err = run(capsys, "time", files["deploy"], "--batch", "-1")
+    assert code == 2 and "--batch must be at least 1" in err and "Traceback" not in err
+
+
+def test_time_runs_with_a_bar_only_on_a_terminal(files, capsys):
+    code, out, err = run(capsys, "time", files["deploy"], "--iterations", "3")
+    assert code == 0 and "total" in out and "mean of 3 forward passes" in out
+    assert "time:" not in err and "\r" not in err          # stderr is not a terminal
+
+
+def test_warmup_with_a_warm_cache_says_loaded_not_compiling(capsys, monkeypatch):
+    from netdef import kernels
+
+    monkeypatch.setattr(kernels, "ALL_KERNELS", [("elementwise", "relu"),
+                                                 ("softmax", "softmax")])
+    assert main(["warmup"]) == 0
+    capsys.readouterr()
+    assert main(["warmup"]) == 0          # both now in memory (and in the cache)
+    out, err = capsys.readouterr()
+    assert "compiling" not in err and "compiling" not in out
+    assert out.startswith("2 kernels ready in ") and "0 compiled, 2 loaded from the cache" in out

@@ -268,6 +268,32 @@ def test_match_exact_missing_and_extra():
                                   "0 blob(s) reshaped")
 
 
+def test_load_report_repr_is_short_and_names_layers():
+    big = rand(4096, 9216)                              # printing it used to print this
+    net_layers = [("fc6", "InnerProduct", [(4096, 9216)]), ("fc7", "InnerProduct", [(10, 3)]),
+                  ("fc9", "InnerProduct", [(2, 2)])]
+    file_layers = [lb("fc6", "InnerProduct", big), lb("fc7", "InnerProduct", rand(30)),
+                   lb("old", "InnerProduct", rand(2))]
+    report = match_weights(net_layers, file_layers)
+    text = repr(report)
+    assert len(text) < 200 and str(report) == text
+    assert text == ("<LoadReport loaded 2 (fc6, fc7); kept at init 1 (fc9); ignored 1 (old); "
+                    "reshaped 1 (fc7[0])>")
+
+
+def test_non_finite_weights_are_warned_by_layer_and_blob():
+    w = rand(4, 3)
+    w[0, 0], w[1, 1], w[2, 2] = np.nan, np.inf, -np.inf
+    net_layers = [("ip", "InnerProduct", [(4, 3), (4,)]), ("ok", "InnerProduct", [(2,)])]
+    report = match_weights(net_layers, [lb("ip", "InnerProduct", w, rand(4)),
+                                        lb("ok", "InnerProduct", rand(2))])
+    assert report.nonfinite == [("ip", 0, 3, 12)]
+    assert "layer 'ip' blob 0 (4, 3): 3 of 12 values are NaN and infinite" in \
+        "\n".join(report.warnings)
+    assert "non-finite 1 (ip[0])" in repr(report)
+    assert "blob 0: 3 non-finite values" in "\n".join(report.lines())
+
+
 def test_match_reshapes_same_count_with_warning_unless_strict():
     w = rand(6, 36)
     net_layers = [("fc6", "InnerProduct", [(6, 4, 3, 3)])]

@@ -68,7 +68,7 @@ def test_im2col_matches_reference(c, h, w, k, s, p, d):
     g = geometry(h, w, k, s, p, d)
     kh, kw, oh, ow = g[0], g[1], g[-2], g[-1]
     col = np.full((c * kh * kw, oh * ow), np.nan, np.float32)  # every entry must be written
-    i2c.im2col(img, *g, col)
+    i2c.im2col(img[None], 0, *g, col)
     close(col, ref.im2col_reference(img, k, s, p, d), rtol=0, atol=0)
 
 
@@ -80,12 +80,36 @@ def test_col2im_is_adjoint_of_im2col(c, h, w, k, s, p, d):
     kh, kw, oh, ow = g[0], g[1], g[-2], g[-1]
     col_y = rand(rng, c * kh * kw, oh * ow)
     col_x = np.empty_like(col_y)
-    i2c.im2col(img, *g, col_x)
-    back = np.full((c, h, w), 7.0, np.float32)  # col2im must overwrite, not add
-    i2c.col2im(col_y, c, h, w, *g, back)
+    i2c.im2col(img[None], 0, *g, col_x)
+    back = np.full((1, c, h, w), 7.0, np.float32)  # col2im must overwrite, not add
+    i2c.col2im(col_y, 0, *g, back)
     lhs = np.dot(col_x.ravel().astype(np.float64), col_y.ravel())
     rhs = np.dot(img.ravel().astype(np.float64), back.ravel())
     assert lhs == pytest.approx(rhs, rel=1e-5, abs=1e-4)
+
+
+@pytest.mark.parametrize("c,h,w,k,s,p,d", CONV_CASES[:3] + CONV_CASES[-2:])
+def test_im2col_and_col2im_of_a_block_of_images(c, h, w, k, s, p, d):
+    """Images n0 .. n0+B-1 lie side by side in the columns; col2im folds them
+    back into exactly those images and leaves the others alone."""
+    rng = np.random.default_rng(4)
+    x = rand(rng, 5, c, h, w)
+    g = geometry(h, w, k, s, p, d)
+    kh, kw, oh, ow = g[0], g[1], g[-2], g[-1]
+    rows, plane = c * kh * kw, oh * ow
+    col = np.full((rows, 3 * plane), np.nan, np.float32)
+    i2c.im2col(x, 1, *g, col)
+    for b in range(3):
+        close(col[:, b * plane:(b + 1) * plane], ref.im2col_reference(x[1 + b], k, s, p, d),
+              rtol=0, atol=0)
+    dcol = rand(rng, rows, 3 * plane)
+    back = np.full((5, c, h, w), 7.0, np.float32)
+    i2c.col2im(dcol, 1, *g, back)
+    assert np.all(back[0] == 7.0) and np.all(back[4] == 7.0)
+    for b in range(3):
+        one = np.empty((1, c, h, w), np.float32)
+        i2c.col2im(np.ascontiguousarray(dcol[:, b * plane:(b + 1) * plane]), 0, *g, one)
+        close(back[1 + b], one[0], rtol=0, atol=0)
 
 
 # (N, C, H, W, M, kernel, stride, pad, dilation, group)
@@ -107,7 +131,7 @@ def _conv_by_gemm(x, wt, b, k, s, p, d, group):
     y = np.empty((n_img, m, oh, ow), np.float32)
     wmat = wt.reshape(group, m // group, rows)
     for n in range(n_img):
-        i2c.im2col(x[n], *g, col)
+        i2c.im2col(x, n, *g, col)
         for gi in range(group):
             y[n, gi * (m // group):(gi + 1) * (m // group)] = (
                 wmat[gi] @ col[gi * rows:(gi + 1) * rows]).reshape(m // group, oh, ow)
@@ -129,7 +153,7 @@ def _deconv_by_gemm(x, wt, b, k, s, p, d, group):
             wg = wt[gi * cpg:(gi + 1) * cpg].reshape(cpg, mpg * kh * kw)
             col[gi * mpg * kh * kw:(gi + 1) * mpg * kh * kw] = (
                 wg.T @ x[n, gi * cpg:(gi + 1) * cpg].reshape(cpg, h * w))
-        i2c.col2im(col, m, oh, ow, kh, kw, ph, pw, sh, sw, dh, dw, h, w, y[n])
+        i2c.col2im(col, n, kh, kw, ph, pw, sh, sw, dh, dw, h, w, y)
     return y + b.reshape(1, -1, 1, 1)
 
 
@@ -268,7 +292,7 @@ def test_lrn_across_forward_and_backward(n, c, h, w, size, beta):
     pytest.param(2, 4, 24, 24, 3, id="parallel-path"),
 ])
 @pytest.mark.parametrize("beta", [0.75, 0.6])
-def test_lrn_within_forward(n, c, h, w, size, beta):
+def test_lrn_within_forward_and_backward(n, c, h, w, size, beta):
     rng = np.random.default_rng(7)
     x = rand(rng, n, c, h, w, scale=2.0)
     out, scale = np.empty_like(x), np.empty_like(x)
@@ -279,6 +303,18 @@ def test_lrn_within_forward(n, c, h, w, size, beta):
                                              ((size - 1) // 2,) * 2))
     window_sum = sum(xp[:, :, i:i + h, j:j + w] for i in range(size) for j in range(size))
     close(scale, 1.0 + 0.9 * window_sum / (size * size))
+
+    # directional derivative of <lrn(x), g> against central differences of the reference
+    g, v = rand(rng, n, c, h, w), rand(rng, n, c, h, w)
+    dx = np.full_like(x, np.nan)        # must be overwritten
+    lrn.lrn_within_backward(x, out, scale, g, size, 0.9, beta, dx)
+    x64, eps = x.astype(np.float64), 1e-5
+
+    def loss(z):
+        return np.sum(ref.lrn_reference(z, size, 0.9, beta, 1.0, "within") * g)
+
+    numeric = (loss(x64 + eps * v) - loss(x64 - eps * v)) / (2 * eps)
+    assert np.sum(dx * v.astype(np.float64)) == pytest.approx(numeric, rel=1e-4, abs=1e-4)
 
 
 # ---------------------------------------------------------------- elementwise
@@ -453,12 +489,13 @@ def test_mvn(shape, across, normalize_variance, eps):
     x[0, 0] = 3.0  # a constant plane: divides by eps only, stays 0
     rows = shape[0] if across else shape[0] * shape[1]
     out = np.empty_like(x)
+    denom = np.empty(rows, np.float32)
     normalization.mvn_forward(x.reshape(rows, -1), normalize_variance, eps,
-                              out.reshape(rows, -1))
+                              out.reshape(rows, -1), denom)
     want = ref.mvn_reference(x, bool(normalize_variance), across, eps)
     close(out, want, atol=1e-5)
     normalization.mvn_forward(x.reshape(rows, -1), normalize_variance, eps,
-                              x.reshape(rows, -1))  # in place
+                              x.reshape(rows, -1), denom)  # in place
     close(x, want, atol=1e-5)
 
 

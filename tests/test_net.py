@@ -157,3 +157,42 @@ def test_net_without_input_shape_cannot_run_until_fed():
     randomize_weights(net, seed=1)
     x = np.random.default_rng(5).standard_normal((1, 3, 8, 8)).astype(np.float32)
     assert net.forward(data=x)["prob"].shape == (1, 5)
+
+
+# ------------------------------------------------------ memory that cannot fit ----
+HUGE_BATCH = """name: "huge"
+layer { name: "data" type: "Input" top: "data"
+        input_param { shape { dim: 1000000000 dim: 1 dim: 28 dim: 28 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 20 kernel_size: 5 } }
+"""
+
+
+def test_forward_that_cannot_fit_says_how_much_before_allocating():
+    from netdef.compile.memory import OutOfMemory
+
+    net = Net(HUGE_BATCH)                    # shapes only: nothing big allocated yet
+    with pytest.raises(OutOfMemory) as info:
+        net.forward()
+    err = info.value
+    assert isinstance(err, NetdefError) and str(err.where) == "<string>:2:1"
+    assert "net 'huge' with these input shapes needs" in err.message
+    assert "TiB of memory" in err.message and "is available" in err.message
+    assert "the largest blob is 'conv1' (1000000000, 20, 24, 24)" in err.hint
+    assert not net.blobs["data"].allocated
+
+
+def test_parameters_that_cannot_fit_are_refused_before_filling(monkeypatch):
+    from netdef.compile.memory import OutOfMemory, available_bytes
+
+    monkeypatch.setenv("NETDEF_MEMORY_LIMIT", "4096")
+    assert available_bytes() == 4096
+    text = HUGE_BATCH.replace("1000000000", "1").replace("num_output: 20", "num_output: 200")
+    with pytest.raises(OutOfMemory) as info:
+        Net(text)
+    assert "the parameters of net 'huge' need 20.3 KiB of memory" in info.value.message
+    assert "layer 'conv1' (Convolution)" in info.value.hint
+    assert str(info.value.where) == "<string>:4:1"
+    monkeypatch.delenv("NETDEF_MEMORY_LIMIT")
+    assert Net(text).forward()["conv1"].shape == (1, 200, 24, 24)
+    assert available_bytes() is None or available_bytes() > 2**20

@@ -226,3 +226,59 @@ def test_parse_error_is_a_parse_error_with_location():
     with pytest.raises(ParseError) as info:
         parse_message("layer {", pb.NetParameter, "a.prototxt")
     assert info.value.where == Location("a.prototxt", 1, 7)
+
+
+# ----------------------------------------------------------- recovery ----
+def collect(text):
+    errors = []
+    msg, _ = parse_message(text, pb.NetParameter, "n.prototxt", errors=errors)
+    return msg, [(e.where.line, e.where.col, e.message) for e in errors]
+
+
+def test_recovery_skips_bad_fields_and_goes_on():
+    text = ('layer {\n  name: "c"\n  botom: "data"\n  type: "Convolution"\n'
+            '  convolution_param { num_ouput: 4 kernel_size: 3 pad: abc stride: 2 }\n}\n'
+            'layer { name: "p" type: "Pooling" pooling_param { pool: MAXX } name: "q" }\n'
+            'layer { name: unquoted type: "ReLU" }\n')
+    msg, found = collect(text)
+    assert [(line, col) for line, col, _ in found] == [(3, 3), (5, 23), (5, 56), (7, 57),
+                                                       (7, 64), (8, 15)]
+    assert "unknown field 'botom'" in found[0][2] and "set twice" in found[4][2]
+    c, p, r = msg.layer
+    assert c.type == "Convolution" and not c.bottom
+    assert c.convolution_param.kernel_size == [3] and c.convolution_param.stride == [2]
+    assert p.name == "p" and not p.pooling_param.HasField("pool")
+    assert r.type == "ReLU" and not r.HasField("name")
+
+
+def test_recovery_skips_a_whole_unknown_message_and_stray_tokens():
+    msg, found = collect('layer { name: "a" nope { x: 1 y { z: 2 } } 42 type: "ReLU" }\n'
+                         '}\nname: "n"\n')
+    assert [m.split(":")[0] for _, _, m in found] == ["unknown field 'nope' in LayerParameter",
+                                                      "expected a field name, got '42'",
+                                                      "unexpected '}'"]
+    assert msg.layer[0].type == "ReLU" and msg.name == "n"
+
+
+def test_recovery_stops_at_broken_nesting():
+    text = ('layer {\n  name: "a"\n  convolution_param {\n    num_output: 3\n'
+            '  nme: "x"\n  bottom: "b"\n}\nlayer {\n  name: "z"\n}\n')
+    _, found = collect(text)
+    # the typo is skipped; 'bottom' in ConvolutionParameter means a '}' is missing: stop
+    assert [(line, col) for line, col, _ in found] == [(5, 3), (6, 3)]
+    assert "is a '}' missing?" not in found[0][2]
+    with pytest.raises(ParseError, match="nme"):
+        parse_message(text, pb.NetParameter)        # without a list: the first error
+
+
+def test_recovery_reports_missing_required_and_unclosed():
+    _, found = collect('layer { name: "c" type: "Clip" clip_param { max: 1 } }\nlayer { name: "x"')
+    assert "missing required field 'min'" in found[0][2]
+    assert "never closed" in found[-1][2]
+
+
+def test_recovery_from_an_unterminated_string_skips_its_line():
+    msg, found = collect('layer {\n  name: "conv1\n  type: "ReLU"\n  top: "y"\n}\n')
+    assert [(line, col) for line, col, _ in found] == [(2, 9)]
+    assert "unterminated string" in found[0][2]
+    assert msg.layer[0].type == "ReLU" and list(msg.layer[0].top) == ["y"]

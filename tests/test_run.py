@@ -176,9 +176,9 @@ def test_bad_mean_is_a_one_line_error(files, netdef, mean, expect):
 
 def test_progress_bar_only_on_request(files, netdef):
     _, _, err = netdef(files["net"], *files["images"])
-    assert "3/3 images" not in err          # captured stderr is not a terminal
+    assert "3/3" not in err                 # captured stderr is not a terminal
     _, _, err = netdef(files["net"], *files["images"], "--progress")
-    assert "3/3 images" in err
+    assert "run: 100%" in err and "3/3" in err and "img/s" in err   # tqdm: count and rate
 
 
 def test_threads(files, netdef):
@@ -237,3 +237,98 @@ def test_weight_loading_is_reported(files, netdef):
     code, _, err = netdef(files["net"], files["images"][0], "--weights", files["weights"],
                           "--verbose")
     assert code == 0 and "loaded (" in err
+
+
+BINARY = """
+name: "binary"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }
+layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc"
+  inner_product_param { num_output: 1 weight_filler { type: "gaussian" std: 0.01 } } }
+layer { name: "prob" type: "Sigmoid" bottom: "fc" top: "prob" }
+"""
+
+NO_FILLERS = """
+name: "nofill"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }
+layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" inner_product_param { num_output: 5 } }
+layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" }
+"""
+
+
+def test_one_sigmoid_output_is_a_binary_probability(files, netdef):
+    net = files["dir"] / "binary.prototxt"
+    net.write_text(BINARY)
+    code, out, err = netdef(net, files["images"][0], "--json")
+    assert code == 0, err
+    top = json.loads(out)[0]["top"]
+    assert [t["index"] for t in sorted(top, key=lambda t: t["index"])] == [0, 1]
+    p = {t["index"]: t["prob"] for t in top}
+    assert abs(p[0] + p[1] - 1) < 1e-9 and 0.0 < p[1] < 1.0 and p[1] != 1.0
+    assert "binary probability p of class 1" in err and "one binary probability" in err
+    labels = files["dir"] / "labels.txt"
+    labels.write_text("smiling\n")
+    code, out, _ = netdef(net, files["images"][0], "--labels", labels)
+    assert code == 0 and "  smiling" in out and "  not smiling" in out
+
+
+def test_binary_probabilities_squash_logits():
+    probs, squashed = run.binary_probabilities(np.array([[0.25], [0.75]]))
+    assert not squashed and np.allclose(probs, [[0.75, 0.25], [0.25, 0.75]])
+    probs, squashed = run.binary_probabilities(np.array([[0.0], [1000.0], [-1000.0]]))
+    assert squashed and np.allclose(probs[:, 1], [0.5, 1.0, 0.0])
+
+
+def test_net_without_fillers_says_weights_are_zero(files, netdef):
+    net = files["dir"] / "nofill.prototxt"
+    net.write_text(NO_FILLERS)
+    code, _, err = netdef(net, files["images"][0])
+    assert code == 0
+    assert "every weight is ZERO" in err and "MEANS NOTHING" in err and "RANDOM" not in err
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered")
+def test_nan_weights_are_reported_at_load_and_in_the_output(files, netdef):
+    from netdef.net import Net
+
+    bad = Net(files["net"], seed=3)
+    bad.params["fc"][0].data[0, :3] = np.nan
+    bad.params["conv1"][1].data[0] = np.inf
+    path = files["dir"] / "nan.caffemodel"
+    bad.save(str(path))
+    code, out, err = netdef(files["net"], files["images"][0], "--weights", path)
+    assert code == 0
+    assert "layer 'conv1' blob 1 (4,): 1 of 4 values are infinite" in err
+    assert "layer 'fc' blob 0 (5, 36): 3 of 180 values are NaN" in err
+    assert "holds NaN or infinite values for 1 of 1 image(s)" in err
+
+
+def test_transparent_images_get_a_note(files, netdef):
+    code, _, err = netdef(files["net"], *files["images"])
+    assert code == 0
+    assert f"1 image(s) have transparent pixels ({files['images'][2]})" in err
+    assert "alpha channel is dropped, not composited" in err
+    opaque = files["dir"] / "opaque.png"
+    Image.new("RGBA", (8, 8), (10, 20, 30, 255)).save(opaque)
+    _, _, err = netdef(files["net"], opaque)
+    assert "transparent" not in err                 # nothing is lost: nothing to say
+
+
+def test_first_compile_is_announced(monkeypatch):
+    import numba
+
+    from netdef.kernels import compile_notice
+
+    def relu(x):          # posing as a netdef kernel that is not compiled yet
+        return x
+
+    relu.__module__, relu.__qualname__ = "netdef.kernels.elementwise", "relu"
+    fake = numba.njit(cache=False)(relu)
+    lines = []
+    with compile_notice(lines.append, enabled=False):
+        fake(1.0)
+    assert lines[0].startswith("compiling kernels for this machine (first run only")
+    assert lines[1].startswith("compiled 1 kernel(s) in ")
+    lines.clear()
+    with compile_notice(lines.append, enabled=False):
+        fake(2.0)                                    # already compiled: silent
+    assert lines == []

@@ -12,7 +12,6 @@ from netdef.frontend.schema import pb
 # Nets whose shapes depend on something absent here, and why.
 UNKNOWABLE = {
     "hdf5_classification": "HDF5",            # needs h5py and the data files
-    "linreg.prototxt": "pyloss",              # the Python layer's module is not shipped
 }
 NOT_NETS = {"NetUpgradeTest.TestAllParams.expected_output_proto.prototxt",
             "NetUpgradeTest.TestAllParams.input_proto.prototxt"}

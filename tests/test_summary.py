@@ -177,3 +177,49 @@ def test_summary_runs_on_shared_models(shared_models, path):
         return
     s = summarize(str(path), **STATE.get(path.name, {}))
     assert s.layers and format_table(s)
+
+
+STAGED = """name: "staged"
+layer { name: "data" type: "DummyData" top: "data" include { phase: TRAIN }
+        dummy_data_param { shape { dim: 2 dim: 4 } } }
+layer { name: "data" type: "DummyData" top: "data"
+        include { phase: TEST stage: "test-on-train" }
+        dummy_data_param { shape { dim: 2 dim: 4 } } }
+layer { name: "data" type: "DummyData" top: "data"
+        include { phase: TEST stage: "test-on-test" }
+        dummy_data_param { shape { dim: 2 dim: 4 } } }
+layer { name: "flatdata" type: "Flatten" bottom: "data" top: "flatdata" }
+"""
+
+
+def test_bottom_kept_only_by_another_stage_says_which():
+    with pytest.raises(NetdefError) as info:
+        summarize(read_net(STAGED, filename="staged.prototxt"))       # TEST, no stage
+    err = str(info.value)
+    assert err.startswith("staged.prototxt:10:1: layer 'flatdata' (Flatten): bottom 'data'")
+    assert "phase TEST, level 0, stages none" in err
+    assert "(line 2) include { phase: TRAIN }" in err
+    assert '(line 4) include { phase: TEST stage: "test-on-train" }' in err
+    assert info.value.hint == ("select a state that keeps one: --phase TRAIN, or --phase TEST "
+                               "--stage test-on-train, or --phase TEST --stage test-on-test")
+    assert "did you mean 'flatdata'" not in err          # never the layer's own top
+    s = summarize(read_net(STAGED), "TEST", stages=["test-on-test"])
+    assert s.layer("flatdata").top_shapes == [(2, 4)]
+
+
+def test_unproduced_bottom_never_suggests_the_layers_own_top():
+    text = ('layer { name: "d" type: "Input" top: "data" input_param { shape { dim: 1 } } }\n'
+            'layer { name: "f" type: "Flatten" bottom: "dta2" top: "data2" }\n')
+    with pytest.raises(NetdefError) as info:
+        summarize(text)
+    assert info.value.hint == "did you mean 'data'?"
+
+
+def test_mnist_autoencoder_needs_a_stage(shared_models):
+    path = shared_models / "mnist" / "mnist_autoencoder.prototxt"
+    if not path.exists():
+        pytest.skip("mnist_autoencoder.prototxt is not in the shared models")
+    with pytest.raises(NetdefError) as info:
+        summarize(str(path))
+    assert "--stage test-on-test" in info.value.hint
+    assert summarize(str(path), "TEST", stages=["test-on-test"]).layers

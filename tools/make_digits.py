@@ -3,6 +3,7 @@
 
     python tools/make_digits.py out/digits           # images, lists, two LMDBs
     python tools/make_digits.py out/digits --no-lmdb # images and list files only
+    python tools/make_digits.py --samples zoo_defs/digits/samples   # the shipped samples
 
 scikit-learn ships a small handwritten-digits set (1,797 images, 8x8, ink
 0..16; the UCI "optical recognition of handwritten digits" test set). Each
@@ -65,6 +66,28 @@ def write_images(out: pathlib.Path) -> dict[str, pathlib.Path]:
     return lists
 
 
+def write_samples(folder: pathlib.Path) -> list[pathlib.Path]:
+    """One held-out test image per class, as digit_<label>.png (the samples
+    shipped in zoo_defs/digits/samples, which the demo net never saw): the
+    test image nearest to its class's mean training image, a typical digit
+    chosen without looking at any model."""
+    from PIL import Image
+
+    images, labels = digit_images()
+    train, test = split(len(images))
+    pixels = images.reshape(len(images), -1).astype(np.float64)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for label in range(10):
+        mean = pixels[[i for i in train if labels[i] == label]].mean(axis=0)
+        candidates = [i for i in test if labels[i] == label]
+        i = min(candidates, key=lambda k: float(((pixels[k] - mean) ** 2).sum()))
+        path = folder / f"digit_{label}.png"
+        Image.fromarray(images[i]).save(path)
+        written.append(path)
+    return written
+
+
 def build(out: pathlib.Path, lmdb: bool = True) -> None:
     out.mkdir(parents=True, exist_ok=True)
     lists = write_images(out)
@@ -73,21 +96,28 @@ def build(out: pathlib.Path, lmdb: bool = True) -> None:
     from netdef.data.imageset import convert_imageset
 
     for part, list_file in lists.items():
-        convert_imageset(list_file, out / "images", out / f"digits_{part}_lmdb",
+        convert_imageset(list_file, f"{out / 'images'}/", out / f"digits_{part}_lmdb",
                          gray=True, shuffle=part == "train", seed=1)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("out", type=pathlib.Path, help="output folder")
+    parser.add_argument("out", type=pathlib.Path, nargs="?", help="output folder")
     parser.add_argument("--no-lmdb", action="store_true", help="images and list files only")
+    parser.add_argument("--samples", type=pathlib.Path, metavar="FOLDER",
+                        help="write one held-out test image per class into FOLDER")
     args = parser.parse_args(argv)
+    if args.out is None and args.samples is None:
+        parser.error("give an output folder, or --samples FOLDER")
     try:
-        build(args.out, lmdb=not args.no_lmdb)
+        if args.samples is not None:
+            write_samples(args.samples)
+        if args.out is not None:
+            build(args.out, lmdb=not args.no_lmdb)
     except ImportError as err:
         print(f"make_digits: {err}; install scikit-learn", file=sys.stderr)
         return 2
-    print(f"wrote {args.out}", file=sys.stderr)
+    print(f"wrote {args.out or args.samples}", file=sys.stderr)
     return 0
 
 

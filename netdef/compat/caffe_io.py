@@ -1,27 +1,30 @@
-"""``caffe.io`` for netdef: image loading, the Transformer, blob protos.
+"""``caffe.io`` for netdef: image loading, resizing, the Transformer, blob protos.
 
 Behaviour follows pycaffe's ``caffe/io.py``: ``Transformer.preprocess``
 resizes an H x W x C image to the input size when it differs, then applies
 transpose, channel swap, raw scale, mean and input scale in that order, and
-``deprocess`` undoes them. Resizing is netdef.images.resize_image (bilinear;
-see that module for how it compares with skimage). Errors that pycaffe
-raises as ValueError are :class:`CompatValueError`, which is both a
-ValueError (so existing ``except ValueError`` still works) and a netdef
-InputError (so the CLI prints one line).
+``deprocess`` undoes them. ``resize_image`` takes every ``interp_order``
+pycaffe accepts (0..5; see netdef.compat.interp). Two deliberate
+differences, each turning a pycaffe failure into what users expect:
+
+* ``Transformer.set_mean`` given a mean image of another size (the 256 x 256
+  ImageNet mean for a 227 x 227 input) resizes it to the input size, as
+  pycaffe's first ``Net.set_mean`` did, instead of raising ValueError;
+* ``resize_image`` also takes 2-D (H x W) images.
+
+Errors that pycaffe raises as ValueError are :class:`CompatValueError`,
+which is both a ValueError (so existing ``except ValueError`` still works)
+and a netdef InputError (so the CLI prints one line).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from netdef.errors import InputError
+from netdef.compat.errors import CompatValueError
 from netdef.images import center_crop_offsets
 from netdef.images import load_image as _load_image
 from netdef.images import resize_image as _resize
 from netdef.frontend.schema import pb
-
-
-class CompatValueError(InputError, ValueError):
-    """A pycaffe ValueError raised by netdef's compatibility layer."""
 
 
 def load_image(filename, color: bool = True) -> np.ndarray:
@@ -30,11 +33,36 @@ def load_image(filename, color: bool = True) -> np.ndarray:
 
 
 def resize_image(im, new_dims, interp_order: int = 1) -> np.ndarray:
-    """Resize an H x W x K image to ``new_dims`` (h, w): bilinear only."""
-    if interp_order != 1:
-        raise CompatValueError(f"resize_image: interp_order={interp_order} is not supported; "
-                               "netdef resizes bilinearly (interp_order=1)")
-    return _resize(im, new_dims)
+    """Resize an H x W x K image to ``new_dims`` (h, w), float32, as pycaffe.
+
+    ``interp_order`` 0 (nearest) .. 5 (quintic spline). Images of 1 or 3
+    channels take pycaffe's scikit-image path: scaled to [0, 1] by their
+    min and max, resized on pixel centers, clipped to [0, 1] and scaled
+    back (a constant image stays constant). Any other channel count takes
+    its ``scipy.ndimage.zoom`` path (corner samples aligned, no clipping).
+    """
+    from netdef.compat import interp
+
+    if isinstance(interp_order, bool) or not isinstance(interp_order, (int, np.integer)) \
+            or not 0 <= interp_order <= interp.MAX_ORDER:
+        raise CompatValueError(f"resize_image: interp_order must be an integer 0..5, got "
+                               f"{interp_order!r}")
+    im = np.asarray(im)
+    h, w = (int(d) for d in new_dims)
+    if h < 1 or w < 1:
+        raise CompatValueError(f"resize_image: cannot resize to {h}x{w}")
+    if im.ndim not in (2, 3) or 0 in im.shape:
+        raise CompatValueError(f"resize_image: expected an H x W x K image, got shape {im.shape}")
+    if im.ndim == 2 or im.shape[-1] in (1, 3):
+        lo, hi = float(im.min()), float(im.max())
+        if not hi > lo:                        # a constant image (pycaffe: avoid 0/0)
+            return np.full((h, w) + im.shape[2:], lo, dtype=np.float32)
+        if interp_order == 1:
+            return _resize(im, (h, w))         # the same interpolant as netdef.images
+        unit = (np.asarray(im, np.float64) - lo) / (hi - lo)
+        out = np.clip(interp.resize(unit, (h, w), int(interp_order), "half"), 0.0, 1.0)
+        return (out * (hi - lo) + lo).astype(np.float32)
+    return interp.resize(im, (h, w), int(interp_order), "corners").astype(np.float32)
 
 
 def oversample(images, crop_dims) -> np.ndarray:
@@ -87,25 +115,33 @@ class Transformer:
         self.input_scale[in_] = scale
 
     def set_mean(self, in_, mean) -> None:
-        """Per-channel values (C,) or an image of exactly the input's (C, H, W).
+        """Per-channel values (C,), or a mean image (C, H, W) or (H, W).
 
-        Like pycaffe, a mean image of another size is refused; use
-        ``mean.mean(1).mean(1)`` for per-channel values.
+        A mean image of another height and width is resized to the input's
+        (bilinear, over its value range), as pycaffe's ``Net.set_mean`` did;
+        its channel count must match.
         """
         self._check(in_)
         mean = np.asarray(mean)
         expected = self.inputs[in_][1:]
         if mean.ndim == 1:
             if mean.shape[0] != expected[0]:
-                raise CompatValueError(f"mean has {mean.shape[0]} channels; the input has "
-                                       f"{expected[0]}")
+                raise CompatValueError(f"Mean channels incompatible with input: the mean has "
+                                       f"{mean.shape[0]}, the input {expected[0]}")
             mean = mean[:, None, None]
         else:
-            shape = (1,) + mean.shape if mean.ndim == 2 else mean.shape
-            if shape != expected:
-                raise CompatValueError(
-                    f"mean shape {mean.shape} does not match the input shape {expected}",
-                    hint="use mean.mean(1).mean(1) for per-channel values")
+            if mean.ndim == 2:
+                mean = mean[None]
+            if mean.ndim != 3:
+                raise CompatValueError(f"Mean shape invalid: {mean.shape}",
+                                       hint="give (C,), (H, W) or (C, H, W)")
+            if mean.shape[0] != expected[0]:
+                raise CompatValueError(f"Mean shape incompatible with input shape: the mean "
+                                       f"{mean.shape} has {mean.shape[0]} channels, the input "
+                                       f"{expected} has {expected[0]}",
+                                       hint="use mean.mean(1).mean(1) for per-channel values")
+            if mean.shape[1:] != expected[1:]:
+                mean = resize_image(mean.transpose(1, 2, 0), expected[1:]).transpose(2, 0, 1)
         self.mean[in_] = mean
 
     def preprocess(self, in_, data) -> np.ndarray:
@@ -114,7 +150,7 @@ class Transformer:
         x = np.asarray(data, dtype=np.float32)
         in_dims = self.inputs[in_][2:]
         if x.shape[:2] != in_dims:
-            x = _resize(x, in_dims)
+            x = resize_image(x, in_dims)
         if in_ in self.transpose:
             x = x.transpose(self.transpose[in_])
         if in_ in self.channel_swap:
@@ -148,13 +184,20 @@ class Transformer:
 # ------------------------------------------------------------ protos ----
 
 def blobproto_to_array(blob, return_diff: bool = False) -> np.ndarray:
-    """A BlobProto's data (or diff) as an array of the blob's shape."""
-    from netdef.io.caffemodel import blob_shape, blob_to_array
+    """A BlobProto's data (or diff) as a float64 array of the blob's shape
+    (the legacy num/channels/height/width when any is set, else ``shape``),
+    as pycaffe. A blob with no shape holding other than one value is a
+    ValueError."""
+    from netdef.io.caffemodel import blob_shape
 
-    if not return_diff:
-        return blob_to_array(blob)
     shape, _ = blob_shape(blob)
-    return np.asarray(blob.diff, dtype=np.float32).reshape(shape)
+    values = np.array(blob.diff if return_diff else blob.data, dtype=np.float64)
+    if values.size != int(np.prod(shape, dtype=np.int64)):
+        what = "diff" if return_diff else "data"
+        raise CompatValueError(f"cannot reshape the blob's {values.size} {what} values into "
+                               f"its shape {shape}",
+                               hint="the blob has no shape" if not shape else None)
+    return values.reshape(shape)
 
 
 def array_to_blobproto(arr, diff=None):
@@ -196,7 +239,8 @@ def array_to_datum(arr, label=None):
 
 
 def datum_to_array(datum) -> np.ndarray:
+    """C x H x W: uint8 from ``data``, else float64 from ``float_data`` (pycaffe)."""
     shape = (datum.channels, datum.height, datum.width)
     if len(datum.data):
         return np.frombuffer(datum.data, dtype=np.uint8).reshape(shape)
-    return np.asarray(datum.float_data, dtype=np.float32).reshape(shape)
+    return np.asarray(datum.float_data, dtype=np.float64).reshape(shape)

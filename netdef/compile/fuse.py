@@ -48,7 +48,8 @@ class FusedConvolution:
             from netdef.kernels.elementwise import relu
 
             for top in tops:
-                relu(top.data, self.relu_slope, top.data)
+                flat = top.data.reshape(-1)     # the kernel takes 1-D arrays
+                relu(flat, self.relu_slope, flat)
 
 
 def _affine_of(step: Step, channels: int):

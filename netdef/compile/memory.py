@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from netdef.blob import DTYPE, Blob
+from netdef.errors import NetdefError
 
 ALIGN = 16  # floats: 64-byte alignment for every buffer
 FOREVER = 1 << 30
@@ -186,3 +187,112 @@ def _place(buffers: list[Buffer]) -> int:
         top = max(top, offset + _round(buf.size))
         placed.append(buf)
     return top
+
+
+# ------------------------------------------------------------ fit check ----
+class OutOfMemory(NetdefError):
+    """A net whose blobs cannot fit in the memory this machine has available."""
+
+
+def available_bytes() -> int | None:
+    """Memory this process can still get, in bytes, or None when unknown.
+
+    Linux's MemAvailable (plus free swap), capped by a cgroup (container)
+    limit; elsewhere the free physical pages. ``NETDEF_MEMORY_LIMIT`` (bytes)
+    overrides it, for tests and for users who want a tighter budget.
+    """
+    override = os.environ.get("NETDEF_MEMORY_LIMIT")
+    if override:
+        try:
+            return int(float(override))
+        except ValueError:
+            pass
+    found = None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            info = {k: v for k, _, v in (line.partition(":") for line in f)}
+        found = (int(info["MemAvailable"].split()[0]) +
+                 int(info.get("SwapFree", "0 kB").split()[0])) * 1024
+    except (OSError, KeyError, ValueError, IndexError):
+        try:
+            found = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, ValueError, OSError):
+            found = None
+    try:                                   # cgroup v2: a container's own limit
+        with open("/sys/fs/cgroup/memory.max", encoding="ascii") as f:
+            limit = f.read().strip()
+        with open("/sys/fs/cgroup/memory.current", encoding="ascii") as f:
+            used = int(f.read().strip())
+        if limit != "max":
+            room = max(int(limit) - used, 0)
+            found = room if found is None else min(found, room)
+    except (OSError, ValueError):
+        pass
+    return found
+
+
+def size_text(nbytes: float) -> str:
+    """1536 -> '1.5 KiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if nbytes < 1024 or unit == "PiB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    return f"{nbytes:.1f} PiB"      # pragma: no cover
+
+
+def require_memory(needed: int, what: str, *, detail: str = "", where=None,
+                   hint: str | None = None) -> None:
+    """Raise OutOfMemory before allocating ``needed`` bytes that cannot fit.
+
+    ``what`` is the subject and verb: "net 'LeNet' needs".
+    """
+    available = available_bytes()
+    if available is None or needed <= available:
+        return
+    raise OutOfMemory(f"{what} {size_text(needed)} of memory{detail}, but only "
+                      f"{size_text(available)} is available", where=where, hint=hint)
+
+
+def check_plan_fits(inst, memory: MemoryPlan, arena: np.ndarray | None) -> None:
+    """Before ``memory.bind``: the arena to allocate plus the unallocated
+    input blobs must fit in the available memory (compile.plan calls this)."""
+    itemsize = np.dtype(DTYPE).itemsize
+    new_arena = 0 if arena is not None and arena.size >= memory.arena_size else \
+        memory.arena_size * itemsize
+    inputs = [inst.blobs[n] for n in inst.source_tops() if n in inst.blobs]
+    fresh_inputs = sum(b.count for b in inputs if not b.allocated) * itemsize
+    needed = new_arena + fresh_inputs
+    if needed == 0:
+        return
+    biggest = max((b for buf in memory.buffers for b in buf.blobs), key=lambda b: b.count,
+                  default=None)
+    detail = f" ({size_text(new_arena)} of activations"
+    if memory.buffers and any(buf.diff for buf in memory.buffers):
+        detail += " and gradients"
+    detail += f", {size_text(fresh_inputs)} of inputs)" if fresh_inputs else ")"
+    shapes = ", ".join(f"'{b.name}' {b.shape}" for b in inputs)
+    hint = (f"the largest blob is '{biggest.name}' {biggest.shape}, "
+            f"{size_text(biggest.count * itemsize)}; " if biggest is not None else "")
+    hint += f"inputs: {shapes}; a smaller batch needs less" if shapes else "use smaller inputs"
+    where = next((s.node.where for s in inst.steps if not s.bottoms and s.node.where), None)
+    require_memory(needed, f"net '{inst.graph.name}' with these input shapes needs", detail=detail,
+                   where=where, hint=hint)
+
+
+def check_params_fit(inst) -> None:
+    """Before the parameters are filled or loaded: they must fit too (Net calls this)."""
+    itemsize = np.dtype(DTYPE).itemsize
+    seen: dict[int, tuple] = {}
+    for step in inst.steps:
+        for blob in step.layer.blobs:
+            if id(blob) not in seen and not blob.allocated:
+                seen[id(blob)] = (blob.count, step)
+    needed = sum(count for count, _ in seen.values()) * itemsize
+    if needed == 0:
+        return
+    count, step = max(seen.values(), key=lambda item: item[0])
+    require_memory(needed, f"the parameters of net '{inst.graph.name}' need",
+                   where=step.node.where,
+                   hint=f"the largest is in layer '{step.name}' ({step.node.type}), "
+                        f"{size_text(count * itemsize)}; is num_output or an input size "
+                        "mistyped?")

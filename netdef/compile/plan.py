@@ -16,7 +16,7 @@ import numpy as np
 
 from netdef.compile.fuse import fuse_for_inference
 from netdef.compile.instantiate import Instance, Step
-from netdef.compile.memory import MemoryPlan, plan_memory
+from netdef.compile.memory import MemoryPlan, check_plan_fits, plan_memory
 
 
 @dataclass
@@ -103,6 +103,7 @@ def build_plan(inst: Instance, *, reuse: bool, fuse: bool = False, keep_names=()
     keep = {id(inst.blobs[n]) for n in kept_names if n in inst.blobs}
     backward = any(s.need_backward for s in steps)
     memory = plan_memory(steps, external, keep, reuse=reuse, backward=backward)
+    check_plan_fits(inst, memory, arena)     # a clear error, not numpy's MemoryError
     arena = memory.bind(arena)
     return Plan(steps, memory, arena, log + memory.log, _unwritten_diffs(steps, memory))
 

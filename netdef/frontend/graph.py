@@ -118,8 +118,14 @@ def filter_by_state(net: pb.NetParameter, state: pb.NetState, locations=None):
 
 
 # ---------------------------------------------------------------- wire ----
-def wire(nodes: list[Node], warnings: list[str]) -> list[Node]:
-    """Check producers/consumers; return the nodes in a valid execution order."""
+def wire(nodes: list[Node], warnings: list[str], left_out: dict | None = None,
+         state: pb.NetState | None = None) -> list[Node]:
+    """Check producers/consumers; return the nodes in a valid execution order.
+
+    ``left_out`` maps a blob to the (layer, location) of layers that produce
+    it but were excluded by the net ``state``, so an unproduced bottom can
+    say which state would keep its producer.
+    """
     producers: dict[str, list[int]] = {}
     for i, node in enumerate(nodes):
         for t in node.tops:
@@ -136,7 +142,9 @@ def wire(nodes: list[Node], warnings: list[str]) -> list[Node]:
                 continue
             later = [j for j in producers.get(b, []) if j > i]
             if not later:
-                known = list(producers)
+                if left_out and b in left_out:
+                    raise _excluded_producer(node, b, left_out[b], state)
+                known = [t for t in producers if t not in node.tops]
                 raise GraphError(
                     f"layer '{node.name}' ({node.type}): bottom '{b}' is not produced by any "
                     "layer" + (" kept in this phase" if known else ""),
@@ -164,6 +172,67 @@ def wire(nodes: list[Node], warnings: list[str]) -> list[Node]:
         warnings.append(f"layer '{nodes[i].name}' reads '{b}' before the layer that "
                         "produces it; layers were reordered")
     return [nodes[i] for i in order]
+
+
+def _excluded_producer(node: Node, blob: str, producers: list, state) -> GraphError:
+    """A bottom whose producers the net state leaves out: say which state keeps one."""
+    seen, options, described = set(), [], []
+    for layer, where in producers:
+        rules = "; ".join(_rule_text(kind, r) for kind in ("include", "exclude")
+                          for r in getattr(layer, kind))
+        same_file = where is not None and node.where is not None and \
+            getattr(where, "file", None) == getattr(node.where, "file", None)
+        at = f" (line {where.line})" if same_file else (f" at {where}" if where else "")
+        described.append(f"'{layer.name}'{at} {rules or 'without rules'}")
+        for rule in layer.include:
+            flags = _state_flags(rule, state)
+            if flags and flags not in seen:
+                seen.add(flags)
+                options.append(flags)
+    now = _state_text(state)
+    hint = ("select a state that keeps one: " + ", or ".join(options)) if options else \
+        "change the include/exclude rules or the --phase/--level/--stage options"
+    return GraphError(f"layer '{node.name}' ({node.type}): bottom '{blob}' comes only from "
+                      f"layers that this net state ({now}) leaves out: {', '.join(described)}",
+                      where=node.where, hint=hint)
+
+
+def _rule_text(kind: str, rule: pb.NetStateRule) -> str:
+    parts = []
+    if rule.HasField("phase"):
+        parts.append(f"phase: {PHASE_NAMES[rule.phase]}")
+    if rule.HasField("min_level"):
+        parts.append(f"min_level: {rule.min_level}")
+    if rule.HasField("max_level"):
+        parts.append(f"max_level: {rule.max_level}")
+    parts += [f'stage: "{st}"' for st in rule.stage]
+    parts += [f'not_stage: "{st}"' for st in rule.not_stage]
+    return f"{kind} {{ {' '.join(parts)} }}"
+
+
+def _state_text(state: pb.NetState | None) -> str:
+    if state is None:
+        return "?"
+    stages = ", ".join(f"'{st}'" for st in state.stage) or "none"
+    return f"phase {PHASE_NAMES[state.phase]}, level {state.level}, stages {stages}"
+
+
+def _state_flags(rule: pb.NetStateRule, state: pb.NetState | None) -> str:
+    """Command-line options giving a state that meets ``rule`` (from ``state``)."""
+    phase = PHASE_NAMES[rule.phase] if rule.HasField("phase") else \
+        (PHASE_NAMES[state.phase] if state is not None else "TEST")
+    flags = [f"--phase {phase}"]
+    level = state.level if state is not None else 0
+    if rule.HasField("min_level") and level < rule.min_level:
+        level = rule.min_level
+    if rule.HasField("max_level") and level > rule.max_level:
+        level = rule.max_level
+    if level:
+        flags.append(f"--level {level}")
+    stages = [st for st in (state.stage if state is not None else ()) if st not in rule.not_stage]
+    stages += [st for st in rule.stage if st not in stages]
+    flags += [f"--stage {st}" for st in stages]
+    return " ".join(flags)
 
 
 def _topological_order(nodes: list[Node], deps: list[set[int]]) -> list[int]:
@@ -303,8 +372,14 @@ def build_graph(source, phase="TEST", level: int = 0, stages=(), splits: bool = 
         where = locations[i] if locations else None
         nodes.append(Node(layer.name, layer.type, list(layer.bottom), list(layer.top),
                           layer, where, source_index=i))
+    left_out: dict[str, list] = {}
+    kept_set = set(kept)
+    for i, layer in enumerate(net.layer):
+        if i not in kept_set:
+            for t in layer.top:
+                left_out.setdefault(t, []).append((layer, locations[i] if locations else None))
     warnings: list[str] = []
-    nodes = wire(nodes, warnings)
+    nodes = wire(nodes, warnings, left_out, state)
     if splits:
         nodes = insert_splits(nodes)
     return Graph(net.name, state.phase, nodes, filename, state, dropped, warnings,

@@ -135,8 +135,12 @@ def _fields_of(desc):
 
 
 class _Parser:
-    def __init__(self, text: str, filename: str, root_desc):
+    def __init__(self, text: str, filename: str, root_desc, errors: list | None = None):
         self.root_desc = root_desc
+        self.text = text
+        # With a list, a bad field is recorded here and skipped, and parsing
+        # goes on (``netdef check`` reports every problem in one run).
+        self.errors = errors
         self.sm = SourceMap(filename, text)
         tokens = [(m.lastgroup, m.group(m.lastgroup), m.start(m.lastgroup))
                   for m in _TOKEN_RE.finditer(text) if m.lastgroup]
@@ -168,17 +172,27 @@ class _Parser:
         while True:
             kind, text, offset = tokens[self.i]
             if kind == "ident":
+                start = self.i
                 self.i += 1
-                field = fields.get(text)
-                if field is None:
-                    raise self.unknown_field(text, offset, desc, fields)
-                self.parse_field(msg, field, path, offset, seen)
+                try:
+                    field = fields.get(text)
+                    if field is None:
+                        raise self.unknown_field(text, offset, desc, fields)
+                    self.parse_field(msg, field, path, offset, seen)
+                except ParseError as err:
+                    if not self.recover(err, start):
+                        raise
                 if tokens[self.i][1] in (",", ";") and tokens[self.i][0] == "sym":
                     self.i += 1
                 continue
             if kind == "sym" and text in "}>":
                 if closer is None:
-                    raise self.error(offset, f"unexpected {text!r}: no message is open here")
+                    err = self.error(offset, f"unexpected {text!r}: no message is open here")
+                    if self.errors is None:
+                        raise err
+                    self.errors.append(err)
+                    self.i += 1
+                    continue
                 if text != closer:
                     raise self.unclosed_error(offset, closer, text)
                 self.i += 1
@@ -187,23 +201,81 @@ class _Parser:
                 if closer is not None:
                     raise self.unclosed_error(offset, None, "")
                 break
-            raise self.expected("a field name", tokens[self.i])
+            err = self.expected("a field name", tokens[self.i])
+            if self.errors is None:
+                raise err
+            self.errors.append(err)      # a stray value: skip it (a broken string: its line)
+            self.i = self.after_line(self.i) if kind == "bad" and text in "\"'" else self.i + 1
         for name in required:
             if not msg.HasField(name):
                 where = self.sm.offsets.get(path, 0)
                 owner = f"'{path[-2] if isinstance(path[-1], int) else path[-1]}' " if path else ""
-                raise self.error(where, f"missing required field {name!r} in {owner}"
+                err = self.error(where, f"missing required field {name!r} in {owner}"
                                  f"({desc.name})", hint=f"set {name}: <value>")
+                if self.errors is None:
+                    raise err
+                self.errors.append(err)
+
+    def recover(self, err: ParseError, start: int) -> bool:
+        """Record ``err`` and skip the field that starts at token ``start``.
+
+        Returns False (the caller re-raises) when not collecting, or when the
+        text around the field is broken (a brace missing, the file ending
+        inside the value): skipping then would only invent errors.
+        """
+        if self.errors is None or getattr(err, "structural", False):
+            return False
+        tokens = self.tokens
+        i = start + 1
+        if tokens[i][:2] == ("sym", ":"):
+            i += 1
+        kind, text, _ = tokens[i]
+        if kind == "sym" and text in "{<[":
+            depth = 0
+            while True:                       # to the matching closer
+                kind, text, _ = tokens[i]
+                if kind == EOF:
+                    return False
+                if kind == "sym" and text in "{<[":
+                    depth += 1
+                elif kind == "sym" and text in "}>]":
+                    depth -= 1
+                    if depth == 0:
+                        i += 1
+                        break
+                i += 1
+        elif kind == "str":
+            while tokens[i][0] == "str":
+                i += 1
+        elif kind == "bad" and text in "\"'":
+            i = self.after_line(i)         # an unterminated string runs to the line's end
+        elif kind in ("ident", "num", "bad"):
+            i += 1
+        self.errors.append(err)
+        self.i = i
+        return True
+
+    def after_line(self, i: int) -> int:
+        """Index of the first token after the line of token ``i``."""
+        end = self.text.find("\n", self.tokens[i][2])
+        if end < 0:
+            return len(self.tokens) - 1             # the EOF token
+        while self.tokens[i][0] != EOF and self.tokens[i][2] < end:
+            i += 1
+        return i
 
     def unclosed_error(self, offset: int, closer: str | None, found: str) -> ParseError:
         _, name, opened = self.open[-1]
         at = self.sm.location_at(opened)
         if closer is None:  # end of file: point at the '{' that was never closed
-            return ParseError(f"'{{' of {name!r} is never closed: the file ends at "
-                              f"{self.sm.location_at(offset)}", where=at,
-                              hint="add the missing '}'")
-        return self.error(offset, f"expected {closer!r} to close the message {name!r} "
-                          f"opened at {at}, got {found!r}")
+            err = ParseError(f"'{{' of {name!r} is never closed: the file ends at "
+                             f"{self.sm.location_at(offset)}", where=at,
+                             hint="add the missing '}'")
+        else:
+            err = self.error(offset, f"expected {closer!r} to close the message {name!r} "
+                             f"opened at {at}, got {found!r}")
+        err.structural = True
+        return err
 
     def unknown_field(self, name: str, offset: int, desc, fields) -> ParseError:
         hint = did_you_mean(name, fields)
@@ -214,7 +286,9 @@ class _Parser:
                 _, inner_name, opened = self.open[-1]
                 hint = (f"'{name}' belongs to {outer.name}: is a '}}' missing? the '{{' of "
                         f"{inner_name!r} at {self.sm.location_at(opened)} is still open")
-                break
+                err = self.error(offset, f"unknown field {name!r} in {desc.name}", hint)
+                err.structural = True         # the nesting is off: stop there
+                return err
         return self.error(offset, f"unknown field {name!r} in {desc.name}", hint)
 
     def parse_field(self, msg, field: _Field, path: tuple, offset: int, seen: set) -> None:
@@ -267,8 +341,10 @@ class _Parser:
             sub.SetInParent()
         self.sm.offsets[sub_path] = offset
         self.open.append((field.message, name, brace_offset))
-        self.parse_fields(sub, field.message, sub_path, closer)
-        self.open.pop()
+        try:
+            self.parse_fields(sub, field.message, sub_path, closer)
+        finally:
+            self.open.pop()
 
     def parse_list(self, msg, field: _Field, path: tuple) -> None:
         tokens = self.tokens
@@ -426,14 +502,25 @@ def _to_float(text: str) -> float | None:
     return None
 
 
-def parse_message(text: str, message_class, filename: str = "<string>"):
+def parse_message(text: str, message_class, filename: str = "<string>", *,
+                  errors: list | None = None):
     """Parse prototxt ``text`` into a new ``message_class``; return (message, SourceMap).
 
-    Raises ParseError with the file:line:col of the first problem.
+    Raises ParseError with the file:line:col of the first problem. With an
+    ``errors`` list, every problem the parser can step over (an unknown
+    field, a bad value, a stray token, a missing required field) is
+    appended there instead and the field is skipped, so the message holds
+    everything else; a problem it cannot step over (unbalanced braces) is
+    appended last and parsing stops there.
     """
     message = message_class()
-    parser = _Parser(text, filename, message.DESCRIPTOR)
-    parser.parse_fields(message, message.DESCRIPTOR, (), None)
+    parser = _Parser(text, filename, message.DESCRIPTOR, errors)
+    try:
+        parser.parse_fields(message, message.DESCRIPTOR, (), None)
+    except ParseError as err:
+        if errors is None:
+            raise
+        errors.append(err)
     return message, parser.sm
 
 

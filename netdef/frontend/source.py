@@ -18,7 +18,8 @@ from netdef.frontend.schema import pb
 from netdef.frontend.upgrade import (DATA_PARAMS, V0_FIELDS, V1_PARAM_SPEC, Origin, upgrade_net,
                             upgrade_solver)
 
-__all__ = ["NetSource", "read_net", "read_solver", "write_net", "upgrade_file", "read_text"]
+__all__ = ["NetSource", "read_net", "read_solver", "write_net", "upgrade_file", "read_text",
+           "check_sizes"]
 
 
 @dataclass
@@ -32,6 +33,8 @@ class NetSource:
     original_format: str                     # "V2", "V1" or "V0"
     upgrade_log: list[str] = field(default_factory=list)
     origins: list[Origin] = field(default_factory=list)  # parallel to param.layer
+    # Layers whose sizes are invalid; only read_net(errors=[...]) lets such a net through.
+    invalid_layers: list[int] = field(default_factory=list)
 
     def layer_location(self, i: int) -> Location | None:
         return self.layer_locations[i] if 0 <= i < len(self.layer_locations) else None
@@ -102,8 +105,7 @@ def read_text(path) -> str:
         data = path.read_bytes()
     except OSError as exc:
         raise ParseError(f"cannot read {path}: {exc.strerror or exc}", where=str(path),
-                         hint="a string without '{' or a newline is taken as a file name"
-                         ) from None
+                         hint=_path_hint(path)) from None
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -113,28 +115,113 @@ def read_text(path) -> str:
                          hint="is it a binary .caffemodel? prototxt is text") from None
 
 
-def read_net(path_or_text, *, filename: str | None = None) -> NetSource:
+def _path_hint(path: pathlib.Path) -> str | None:
+    """Why a missing 'file' may be a surprise: only when it looks like prototxt
+    text given in one line (the Python API). A file name on the command line
+    gets no hint."""
+    text = str(path)
+    if '"' in text or ": " in text:
+        return "a string without '{' or a newline is taken as a file name"
+    return None
+
+
+def read_net(path_or_text, *, filename: str | None = None,
+             errors: list | None = None) -> NetSource:
     """Parse and upgrade a net given as a path or as prototxt text.
 
     A ``str`` containing '{' or a newline is text; anything else is a path.
     An in-memory ``pb.NetParameter`` is upgraded too (its layers have no
-    locations).
+    locations). With an ``errors`` list, problems the parser can step over
+    and bad sizes are appended there instead of raised (see
+    ``parse_message``), and the net read so far is returned.
     """
     if isinstance(path_or_text, pb.NetParameter):
         name = filename or "<message>"
         result = upgrade_net(path_or_text)
-        return NetSource(result.param, name, [None] * len(result.param.layer),
-                         SourceMap(name, ""), result.original_format, result.log,
-                         result.origins)
+        source = NetSource(result.param, name, [None] * len(result.param.layer),
+                           SourceMap(name, ""), result.original_format, result.log,
+                           result.origins)
+        source.invalid_layers = check_sizes(source, errors)
+        return source
     if _looks_like_text(path_or_text):
         text, name = path_or_text, filename or "<string>"
     else:
         text, name = read_text(path_or_text), filename or str(path_or_text)
-    param, source_map = parse_message(text, pb.NetParameter, name)
+    param, source_map = parse_message(text, pb.NetParameter, name, errors=errors)
     result = upgrade_net(param, source_map)
     locations = [source_map.location(origin.path) for origin in result.origins]
-    return NetSource(result.param, name, locations, source_map, result.original_format,
-                     result.log, result.origins)
+    source = NetSource(result.param, name, locations, source_map, result.original_format,
+                       result.log, result.origins)
+    source.invalid_layers = check_sizes(source, errors)
+    return source
+
+
+# Caffe keeps every axis of a blob in a C int; a blob of more than 2**40
+# values (4 TiB of float32) is a mistyped number, not a net.
+MAX_AXIS = 2**31 - 1
+MAX_VALUES = 2**40
+POSITIVE = "sizes are positive integers, e.g. dim: 1 for one image"
+
+
+def check_sizes(source: NetSource, errors: list | None = None) -> list[int]:
+    """Every size written in an Input or DummyData layer is a positive, sane integer.
+
+    ``input_param.shape``, the ``input:`` header (``input_dim``/``input_shape``,
+    upgraded to an Input layer) and ``dummy_data_param`` (``shape`` or the
+    legacy ``num/channels/height/width``) are where a prototxt states blob
+    sizes outright; every other shape is inferred from them. A negative, a
+    zero or an absurd value there becomes a ParseError at the value's
+    file:line:col (appended to ``errors`` when given, else raised) instead
+    of a failure deep in shape inference. Returns the indices of the layers
+    with a bad size.
+    """
+    bad: list[int] = []
+    for i, layer in enumerate(source.param.layer):
+        what = f"{layer.type} layer '{layer.name}'"
+        if layer.type == "Input":
+            shapes = [(("input_param", "shape", k, "dim"), list(sh.dim))
+                      for k, sh in enumerate(layer.input_param.shape)]
+        elif layer.type == "DummyData":
+            p = layer.dummy_data_param
+            shapes = [(("dummy_data_param", "shape", k, "dim"), list(sh.dim))
+                      for k, sh in enumerate(p.shape)]
+            shapes += [(("dummy_data_param", axis), list(getattr(p, axis)))
+                       for axis in ("num", "channels", "height", "width") if getattr(p, axis)]
+        else:
+            continue
+        for path, dims in shapes:
+            for j, message, hint in _size_problems(dims, path[-1] == "dim"):
+                err = ParseError(f"{what}: {message}", where=source.field_location(i, *path, j),
+                                 hint=hint)
+                if errors is None:
+                    raise err
+                errors.append(err)
+                if not bad or bad[-1] != i:
+                    bad.append(i)
+    return bad
+
+
+def _size_problems(dims: list[int], one_shape: bool):
+    """(index, message, hint) for each bad value of ``dims``; the product too
+    when ``dims`` is one shape (not a list of per-top batch sizes)."""
+    shape = "(" + ", ".join(map(str, dims)) + ")" if one_shape else None
+    for j, d in enumerate(dims):
+        of = f" in shape {shape}" if shape else ""
+        if d < 0:
+            yield j, f"size {d}{of} is negative", POSITIVE
+        elif d == 0:
+            yield j, f"size 0{of} leaves the blob empty", POSITIVE
+        elif d > MAX_AXIS:
+            yield j, (f"size {d}{of} is larger than one axis can be ({MAX_AXIS}, Caffe's "
+                      "limit)"), None
+    if one_shape and dims and all(0 < d <= MAX_AXIS for d in dims):
+        values = 1
+        for d in dims:
+            values *= d
+        if values > MAX_VALUES:
+            big = max(range(len(dims)), key=lambda k: dims[k])
+            yield big, (f"shape {shape} holds {values:.3g} values "
+                        f"({values * 4 / 2**40:.0f} TiB of float32)"), "is a size mistyped?"
 
 
 def read_solver(path) -> tuple[pb.SolverParameter, SourceMap]:

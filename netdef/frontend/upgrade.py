@@ -243,8 +243,23 @@ def _upgrade_v0_entry(s: _State, entry, origin: Origin):
         target = out
         for part in outer:
             target = getattr(target, part)
-        _copy_value(v0, target, fd.name, leaf)
+        try:
+            _copy_value(v0, target, fd.name, leaf)
+        except (ValueError, TypeError):  # e.g. int32 new_height: -1 into a uint32
+            kind = target.DESCRIPTOR.fields_by_name[leaf]
+            raise _v0_error(s, origin, fd.name, f"V0 layer '{v0.name}' sets {fd.name}: "
+                            f"{getattr(v0, fd.name)}, which its current form {dest} "
+                            f"cannot hold ({_type_name(kind)})",
+                            hint="sizes are non-negative") from None
     return out
+
+
+def _type_name(fd) -> str:
+    from google.protobuf.descriptor import FieldDescriptor as FD
+
+    names = {FD.TYPE_UINT32: "uint32", FD.TYPE_UINT64: "uint64", FD.TYPE_INT32: "int32",
+             FD.TYPE_INT64: "int64", FD.TYPE_FLOAT: "float", FD.TYPE_BOOL: "bool"}
+    return names.get(fd.type, "another type")
 
 
 def _upgrade_v0_layers(s: _State) -> None:

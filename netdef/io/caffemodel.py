@@ -307,13 +307,33 @@ class LoadReport:
     ``reshaped`` holds (layer, blob index, file shape, net shape).
     """
 
-    arrays: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    arrays: dict[str, list[np.ndarray]] = field(default_factory=dict, repr=False)
     loaded: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
     reshaped: list[tuple[str, int, tuple, tuple]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # (layer, blob index, non-finite values, blob size): NaN or infinity in the file
+    nonfinite: list[tuple[str, int, int, int]] = field(default_factory=list)
     _rows: list[tuple[str, str, str]] = field(default_factory=list, repr=False)
+
+    def __repr__(self) -> str:
+        """Counts and names, never the arrays (pycaffe users print what copy_from returns)."""
+        def names(items, limit=4):
+            shown = ", ".join(items[:limit]) + (", ..." if len(items) > limit else "")
+            return f" ({shown})" if items else ""
+
+        parts = [f"loaded {len(self.loaded)}{names(self.loaded)}",
+                 f"kept at init {len(self.kept)}{names(self.kept)}",
+                 f"ignored {len(self.ignored)}{names(self.ignored)}",
+                 f"reshaped {len(self.reshaped)}"
+                 f"{names([f'{n}[{i}]' for n, i, _, _ in self.reshaped])}"]
+        if self.nonfinite:
+            parts.append(f"non-finite {len(self.nonfinite)}"
+                         f"{names([f'{n}[{i}]' for n, i, _, _ in self.nonfinite])}")
+        return "<LoadReport " + "; ".join(parts) + ">"
+
+    __str__ = __repr__
 
     def lines(self) -> list[str]:
         """A human-readable report: one line per layer, then a summary."""
@@ -408,6 +428,16 @@ def match_weights(net_layers, file_layers: list[LayerBlobs], strict: bool = Fals
                 status.append(f"blob {i} reshaped {_fmt(old)} -> {_fmt(arr.shape)}")
         report.arrays[name] = arrays
         report.loaded.append(name)
+        for i, arr in enumerate(arrays):
+            bad = arr.size - int(np.count_nonzero(np.isfinite(arr)))
+            if bad:
+                nan = int(np.count_nonzero(np.isnan(arr)))
+                kinds = " and ".join(k for k, n in (("NaN", nan), ("infinite", bad - nan)) if n)
+                report.nonfinite.append((name, i, bad, arr.size))
+                report.warnings.append(f"layer '{name}' blob {i} {_fmt(arr.shape)}: {bad} of "
+                                       f"{arr.size} values are {kinds}; outputs that depend "
+                                       "on them will be NaN")
+                status.append(f"blob {i}: {bad} non-finite values")
         text = "loaded " + ", ".join(_fmt(a.shape) for a in arrays)
         if n < len(shapes):
             text += f"; blobs {n}..{len(shapes) - 1} kept at init"

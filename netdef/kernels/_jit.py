@@ -6,7 +6,23 @@ share ``OPTIONS``.
 
 Parallel kernels keep their per-task body in a serial helper and run it
 under ``prange`` only when the call has at least ``PARALLEL_MIN_WORK``
-elements of work, on the calling thread otherwise.  Measured on the 2-core
+elements of work, on the calling thread otherwise.
+
+Compiling a kernel with ``parallel=True`` costs 2-3x a serial build (the
+parfor passes, then a second, threaded copy of the loop body for LLVM):
+on the 2-core target, compiling the four kernels a LeNet forward calls took
+11.4 s as parallel builds and 5.3 s as serial builds of the same code. So a
+``parallel_kernel`` is a dispatcher with two builds, compiled on demand: a
+call whose array arguments all have fewer than ``PARALLEL_MIN_WORK``
+elements -- one that the kernel would run on the calling thread anyway --
+goes to a serial build of the same function (``prange`` is ``range``
+there), and only a larger call compiles and runs the parallel build. Small
+nets (and the first run of the digits demo) never pay for the parallel
+build; ``netdef warmup`` compiles both. The serial build has its own name
+(``<kernel>.serial``) and so its own cache files. A kernel whose work
+measure multiplies an array size (LRN: ``x.size * local_size``) runs
+serially for mid-size calls that it would have split; results are the
+same.  Measured on the 2-core
 target: a second thread halves im2col, pooling and LRN times when the cores
 are free, but a parallel region whose worker thread has been descheduled
 (any other busy process) waits for the next scheduler tick, 4-12 ms: 100x
@@ -35,7 +51,11 @@ import os
 # normally sets this first; repeated here for direct kernel imports).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import types  # noqa: E402
+
+import numpy as np  # noqa: E402
 from numba import njit, prange  # noqa: E402,F401  (prange re-exported for kernel modules)
+from numba.core.registry import CPUDispatcher  # noqa: E402
 
 FASTMATH = frozenset({"contract", "reassoc", "arcp", "nsz"})
 
@@ -44,4 +64,54 @@ PARALLEL_MIN_WORK = 1 << 15
 OPTIONS = dict(cache=True, nogil=True, error_model="numpy", fastmath=set(FASTMATH))
 
 kernel = njit(**OPTIONS)
-parallel_kernel = njit(parallel=True, **OPTIONS)
+
+
+def _serial_copy(fn):
+    """``fn`` under another qualified name, so its builds cache apart."""
+    copy = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__,
+                              fn.__closure__)
+    copy.__qualname__ = f"{fn.__qualname__}.serial"
+    copy.__module__, copy.__doc__ = fn.__module__, fn.__doc__
+    return copy
+
+
+_NDARRAY = np.ndarray
+
+
+class OnDemandParallel(CPUDispatcher):
+    """A ``parallel=True`` dispatcher whose small calls run a serial build.
+
+    ``serial`` is the serial dispatcher; ``parallel_call(*args)`` always
+    uses the parallel build (warmup compiles it that way). Called from
+    other jitted code, the parallel build is used.
+    """
+
+    serial = None      # set by parallel_kernel; None after unpickling: plain dispatcher
+
+    def __call__(self, *args, **kwargs):
+        serial = self.serial
+        if serial is None:
+            return CPUDispatcher.__call__(self, *args, **kwargs)
+        for a in args:         # a plain loop: this runs on every call (about 1 us)
+            if isinstance(a, _NDARRAY) and a.size >= PARALLEL_MIN_WORK:
+                return CPUDispatcher.__call__(self, *args, **kwargs)
+        return serial(*args, **kwargs)
+
+    def parallel_call(self, *args, **kwargs):
+        return CPUDispatcher.__call__(self, *args, **kwargs)
+
+    @property
+    def signatures(self):
+        """Signatures compiled by either build (each build has the same ones)."""
+        both = list(self.overloads) + (list(self.serial.overloads) if self.serial else [])
+        return list(dict.fromkeys(both))
+
+
+def parallel_kernel(fn):
+    """``njit(parallel=True, **OPTIONS)`` with a serial build for small calls."""
+    disp = njit(parallel=True, **OPTIONS)(fn)
+    if not isinstance(disp, CPUDispatcher):      # NUMBA_DISABLE_JIT=1: the function itself
+        return disp
+    disp.__class__ = OnDemandParallel            # same layout: CPUDispatcher has no slots
+    disp.serial = kernel(_serial_copy(fn))
+    return disp

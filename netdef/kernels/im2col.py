@@ -1,8 +1,10 @@
 """im2col / col2im: unfold image patches into columns so convolution is a GEMM.
 
-Column-buffer layout (Caffe's): row ``r = (c * kh + i) * kw + j`` holds
-kernel tap ``(i, j)`` of channel ``c`` for every output position
-``oh * out_w + ow``.  The tap reads the input pixel
+Column-buffer layout (Caffe's, extended to a block of images): row
+``r = (c * kh + i) * kw + j`` holds kernel tap ``(i, j)`` of channel ``c``;
+column ``b * out_h * out_w + oh * out_w + ow`` is output position (oh, ow)
+of the b-th image of the block.  The images of a block lie side by side,
+so one GEMM ``W @ col`` convolves all of them.  The tap reads the pixel
 
     ih = oh * sh - ph + i * dh,    iw = ow * sw - pw + j * dw
 
@@ -11,9 +13,13 @@ channel-major, weights of shape (M, C/g, kh, kw) reshaped to (M, C/g*kh*kw)
 multiply the row block ``gi*(C/g)*kh*kw : (gi+1)*(C/g)*kh*kw`` of group
 ``gi`` directly.
 
+A block is images ``n0 .. n0 + B - 1`` of a 4-D (N, C, H, W) array, with
+``B = col.shape[1] // (out_h * out_w)``: the column matrix's width says how
+many images it holds.
+
 Dtypes (one compiled signature per kernel): arrays float32 C-contiguous,
-every size/geometry argument a Python int (int64).  Both kernels run on the
-calling thread below PARALLEL_MIN_WORK column entries.
+every index/size/geometry argument a Python int (int64).  Both kernels run
+on the calling thread below PARALLEL_MIN_WORK column entries.
 """
 from __future__ import annotations
 
@@ -35,8 +41,9 @@ def _valid_range(offset, stride, size, out):
 
 
 @kernel
-def _im2col_row(img, r, kh, kw, ph, pw, sh, sw, dh, dw, out_h, out_w, col):
-    height, width = img.shape[1], img.shape[2]
+def _im2col_row(x, n, r, kh, kw, ph, pw, sh, sw, dh, dw, out_h, out_w, col, first):
+    """Row r of image n's columns, written at col[r, first:first + out_h*out_w]."""
+    height, width = x.shape[2], x.shape[3]
     c = r // (kh * kw)
     i = (r // kw) % kh
     j = r % kw
@@ -44,7 +51,7 @@ def _im2col_row(img, r, kh, kw, ph, pw, sh, sw, dh, dw, out_h, out_w, col):
     lo, hi = _valid_range(w_off, sw, width, out_w)
     for oh in range(out_h):
         ih = oh * sh - ph + i * dh
-        base = oh * out_w
+        base = first + oh * out_w
         if ih < 0 or ih >= height:
             for ow in range(out_w):
                 col[r, base + ow] = 0.0
@@ -54,62 +61,82 @@ def _im2col_row(img, r, kh, kw, ph, pw, sh, sw, dh, dw, out_h, out_w, col):
         if sw == 1:
             # unit stride is a straight copy; kept separate so it vectorises
             for ow in range(lo, hi):
-                col[r, base + ow] = img[c, ih, w_off + ow]
+                col[r, base + ow] = x[n, c, ih, w_off + ow]
         else:
             for ow in range(lo, hi):
-                col[r, base + ow] = img[c, ih, w_off + ow * sw]
+                col[r, base + ow] = x[n, c, ih, w_off + ow * sw]
         for ow in range(hi, out_w):
             col[r, base + ow] = 0.0
 
 
 @parallel_kernel
-def im2col(img, kh, kw, ph, pw, sh, sw, dh, dw, out_h, out_w, col):
-    """Unfold ``img`` (C, H, W) into ``col`` (C*kh*kw, out_h*out_w), float32.
+def im2col(x, n0, kh, kw, ph, pw, sh, sw, dh, dw, out_h, out_w, col):
+    """Unfold images ``n0 ..`` of ``x`` (N, C, H, W) into ``col``
+    (C*kh*kw, B*out_h*out_w), float32, image b in columns b*out_h*out_w...
 
     Every element of ``col`` is written (zeros for padding), so ``col`` may
-    be an uninitialised buffer.  Parallel over the rows of ``col``.
+    be an uninitialised buffer.  Parallel over (image, row) pairs.
     """
-    rows = img.shape[0] * kh * kw
-    if rows * out_h * out_w < PARALLEL_MIN_WORK:
-        for r in range(rows):
-            _im2col_row(img, r, kh, kw, ph, pw, sh, sw, dh, dw, out_h, out_w, col)
+    rows = x.shape[1] * kh * kw
+    plane = out_h * out_w
+    tasks = (col.shape[1] // plane) * rows
+    if tasks * plane < PARALLEL_MIN_WORK:
+        for t in range(tasks):
+            b = t // rows
+            _im2col_row(x, n0 + b, t % rows, kh, kw, ph, pw, sh, sw, dh, dw, out_h, out_w,
+                        col, b * plane)
     else:
-        for r in prange(rows):
-            _im2col_row(img, r, kh, kw, ph, pw, sh, sw, dh, dw, out_h, out_w, col)
+        for t in prange(tasks):
+            b = t // rows
+            _im2col_row(x, n0 + b, t % rows, kh, kw, ph, pw, sh, sw, dh, dw, out_h, out_w,
+                        col, b * plane)
 
 
 @kernel
-def _col2im_channel(col, c, H, W, kh, kw, ph, pw, sh, sw, dh, dw, out_h, out_w, img):
-    for y in range(H):
-        for x in range(W):
-            img[c, y, x] = 0.0
+def _col2im_channel(col, first, n, c, kh, kw, ph, pw, sh, sw, dh, dw, out_h, out_w, img):
+    height, width = img.shape[2], img.shape[3]
+    for y in range(height):
+        for x in range(width):
+            img[n, c, y, x] = 0.0
     for t in range(kh * kw):
         r = c * kh * kw + t
         i = t // kw
         j = t % kw
         w_off = j * dw - pw
-        lo, hi = _valid_range(w_off, sw, W, out_w)
+        lo, hi = _valid_range(w_off, sw, width, out_w)
         for oh in range(out_h):
             ih = oh * sh - ph + i * dh
-            if ih < 0 or ih >= H:
+            if ih < 0 or ih >= height:
                 continue
-            base = oh * out_w
-            for ow in range(lo, hi):
-                img[c, ih, w_off + ow * sw] += col[r, base + ow]
+            base = first + oh * out_w
+            if sw == 1:
+                for ow in range(lo, hi):
+                    img[n, c, ih, w_off + ow] += col[r, base + ow]
+            else:
+                for ow in range(lo, hi):
+                    img[n, c, ih, w_off + ow * sw] += col[r, base + ow]
 
 
 @parallel_kernel
-def col2im(col, C, H, W, kh, kw, ph, pw, sh, sw, dh, dw, out_h, out_w, img):
-    """Adjoint of :func:`im2col`: fold ``col`` back into ``img`` (C, H, W).
+def col2im(col, n0, kh, kw, ph, pw, sh, sw, dh, dw, out_h, out_w, img):
+    """Adjoint of :func:`im2col`: fold ``col`` back into images ``n0 ..`` of
+    ``img`` (N, C, H, W).
 
-    ``img`` is overwritten (zeroed, then every column entry that maps to a
-    real pixel is added to it; entries that map to padding are dropped).
+    Those images are overwritten (zeroed, then every column entry that maps
+    to a real pixel is added; entries that map to padding are dropped).
     Used by Deconvolution forward and Convolution backward.  Parallel over
-    channels, since each channel's rows touch only that channel's plane.
+    (image, channel) pairs: each touches only its own plane.
     """
+    n_ch = img.shape[1]
+    plane = out_h * out_w
+    tasks = (col.shape[1] // plane) * n_ch
     if col.size < PARALLEL_MIN_WORK:
-        for c in range(C):
-            _col2im_channel(col, c, H, W, kh, kw, ph, pw, sh, sw, dh, dw, out_h, out_w, img)
+        for t in range(tasks):
+            b = t // n_ch
+            _col2im_channel(col, b * plane, n0 + b, t % n_ch, kh, kw, ph, pw, sh, sw, dh, dw,
+                            out_h, out_w, img)
     else:
-        for c in prange(C):
-            _col2im_channel(col, c, H, W, kh, kw, ph, pw, sh, sw, dh, dw, out_h, out_w, img)
+        for t in prange(tasks):
+            b = t // n_ch
+            _col2im_channel(col, b * plane, n0 + b, t % n_ch, kh, kw, ph, pw, sh, sw, dh, dw,
+                            out_h, out_w, img)

@@ -159,3 +159,60 @@ def lrn_within_forward(x, size, alpha, beta, out, scale):
     else:
         for p in prange(planes):
             _within_plane(x, p // n_ch, p % n_ch, size, alpha, beta, out, scale)
+
+
+@kernel
+def _within_back_plane(x, out, scale, top_diff, n, c, size, alpha, beta, bottom_diff):
+    height, width = x.shape[2], x.shape[3]
+    pad = (size - 1) // 2
+    nb = np.float32(-beta)
+    fast = beta == 0.75
+    # t_i = dy_i * y_i / (s_i * pool_size_i) for every output i of the plane
+    t = np.empty((height, width), np.float32)
+    for h in range(height):
+        hs = h - pad
+        rows = min(hs + size, height + pad) - hs
+        for w in range(width):
+            ws = w - pad
+            pool_size = np.float32(rows * (min(ws + size, width + pad) - ws))
+            t[h, w] = top_diff[n, c, h, w] * out[n, c, h, w] / (scale[n, c, h, w] * pool_size)
+    coef = np.float32(2.0 * alpha * beta)
+    # pixel j lies in the window of output i iff i lies in the window
+    # [j - (size - 1 - pad), j + pad] (clipped to the plane)
+    back = size - 1 - pad
+    for h in range(height):
+        hs = max(h - back, 0)
+        he = min(h + pad + 1, height)
+        for w in range(width):
+            ws = max(w - back, 0)
+            we = min(w + pad + 1, width)
+            acc = np.float32(0.0)
+            for hh in range(hs, he):
+                for ww in range(ws, we):
+                    acc += t[hh, ww]
+            bottom_diff[n, c, h, w] = (
+                top_diff[n, c, h, w] * _pow_neg_beta(scale[n, c, h, w], nb, fast)
+                - coef * x[n, c, h, w] * acc)
+
+
+@parallel_kernel
+def lrn_within_backward(x, out, scale, top_diff, size, alpha, beta, bottom_diff):
+    """Gradient of :func:`lrn_within_forward` (bottom_diff overwritten).
+
+    With s = 1 + alpha * avepool(x^2) and y = x * s^-beta,
+
+        dx_j = dy_j * s_j^-beta
+               - 2 alpha beta * x_j * sum_{i whose window holds j} dy_i * y_i / (s_i * pool_size_i)
+
+    ``bottom_diff`` must not alias ``top_diff``.
+    """
+    n_ch = x.shape[1]
+    planes = x.shape[0] * n_ch
+    if x.size * size * size < PARALLEL_MIN_WORK:
+        for p in range(planes):
+            _within_back_plane(x, out, scale, top_diff, p // n_ch, p % n_ch, size, alpha, beta,
+                               bottom_diff)
+    else:
+        for p in prange(planes):
+            _within_back_plane(x, out, scale, top_diff, p // n_ch, p % n_ch, size, alpha, beta,
+                               bottom_diff)

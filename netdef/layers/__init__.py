@@ -5,6 +5,7 @@ from netdef.layers import (  # noqa: F401  (imported for their @register side ef
     loss,
     neuron,
     normalization,
+    python,
     structure,
     vision,
 )

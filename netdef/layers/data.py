@@ -1,35 +1,46 @@
-"""Data layers: the sources of a net (no bottoms), and the Python layer.
+"""Data layers: the sources of a net (no bottoms). (The Python layer is in
+netdef.layers.python.)
 
 Shapes are set once in ``setup`` and ``reshape`` leaves them alone, as in
 Caffe: a source's top keeps whatever shape the user (or ``--input-shape``)
 gave it afterwards.
 
-Reading databases (LMDB/LevelDB), image lists, HDF5 and window files is not
-supported yet. Their *shapes* are inferred from the parameters where Caffe's
-rules allow (batch size, crop size, resize), from the first image of an
-ImageData list, or guessed from well-known source names (recorded in the
-layer's ``note``); otherwise ``UnknownShape`` says why and how to set it.
-Their forward raises unless the user feeds the tops like an Input's: the
-Net sets ``fed = True`` on the layer when it does.
+The reading layers (Data over LMDB, ImageData, HDF5Data) are thin: the
+readers, the transformer and the prefetch thread live in ``netdef.data``.
+Their setup opens the source and reads the first record for the real
+shape. A source that does not exist (or a LevelDB) leaves shape-only tools
+working: the shape is inferred from the parameters where Caffe's rules
+allow (batch size, crop size, resize), guessed from well-known source names
+(recorded in the layer's ``note``), or ``UnknownShape`` says why and how to
+set it; forward then raises the DataError. An empty source or a corrupt
+first record is a DataError at once. Forward fills the next batch (the
+random crops, mirrors and shuffles follow ``reseed(seed)``; ``seek(k)``
+continues at batch k, ``position`` is the next batch) unless the user feeds
+the tops like an Input's: the Net sets ``fed = True`` on the layer when it
+does. ``close()`` stops the prefetch thread.
 
-Relative paths (sources, image lists, Python modules) are looked up in the
-current directory first, as Caffe does, then in ``search_path``: a directory
-or a list of them (the Net sets it to the prototxt's directory).
+Relative paths (sources, image lists, mean files, Python modules) are looked
+up in the current directory first, as Caffe does, then in ``search_path``: a
+directory or a list of them (the Net sets it to the prototxt's directory).
 """
 from __future__ import annotations
 
-import importlib
-import inspect
+import functools
 import os
-import sys
+import weakref
+import zlib
 
-from netdef.errors import NetdefError, ShapeError, did_you_mean
-from netdef.layers.base import Layer, UnknownShape, register
+import numpy as np
+
+from netdef.data.paths import find_file  # noqa: F401  (re-exported: layers look files up)
+from netdef.errors import DataError, InputError, NetdefError
+from netdef.layers.base import Layer, UnknownShape, register, shape_text
 from netdef.layers.neuron import layer_rng
 from netdef.frontend.schema import pb
 
 # Substrings of Caffe example source names and the (C, H, W) their databases
-# hold (before any crop). Checked in order, first match wins.
+# hold (before any crop). Checked in order, first match wins. Used only when
+# the source cannot be read.
 SOURCE_GUESSES: tuple[tuple[str, tuple[int, int, int]], ...] = (
     ("mnist_siamese", (2, 28, 28)),      # pairs of digits stacked as 2 channels
     ("mnist", (1, 28, 28)),
@@ -38,24 +49,9 @@ SOURCE_GUESSES: tuple[tuple[str, tuple[int, int, int]], ...] = (
     ("ilsvrc", (3, 256, 256)),
 )
 
-
-def _search_dirs(search_path) -> list[str]:
-    if not search_path:
-        return []
-    return [search_path] if isinstance(search_path, (str, os.PathLike)) else list(search_path)
-
-
-def find_file(path: str, search_path=None) -> str | None:
-    """``path`` if it exists (absolute, or relative to the current directory),
-    else the first ``search_path`` directory holding it; None if nowhere."""
-    if os.path.exists(path):
-        return path
-    if not os.path.isabs(path):
-        for folder in _search_dirs(search_path):
-            candidate = os.path.join(folder, path)
-            if os.path.exists(candidate):
-                return candidate
-    return None
+# Batches prepared ahead by the prefetch thread (Caffe's data_param.prefetch
+# overrides it for Data layers). NETDEF_NO_PREFETCH=1 reads in forward itself.
+PREFETCH_DEPTH = 2
 
 
 class SourceLayer(Layer):
@@ -71,8 +67,15 @@ class SourceLayer(Layer):
         self.search_path = None
         self.fed = False                  # the user fills the tops (set by the Net)
 
+    @property
+    def who(self) -> str:
+        return f"layer '{self.name}' ({self.type})"
+
     def reshape(self, bottoms, tops):
         pass
+
+    def backward(self, tops, propagate_down, bottoms):
+        pass                              # no bottoms: nothing to propagate to
 
     def forward(self, bottoms, tops):
         if self.fed:
@@ -167,8 +170,11 @@ class DummyData(SourceLayer):
 
 @register("MemoryData")
 class MemoryData(SourceLayer):
-    """Data (N, C, H, W) and label (N, 1, 1, 1) from memory_data_param; the user
-    supplies the arrays (pycaffe's set_input_arrays): feed both tops."""
+    """Data (N, C, H, W) and label (N, 1, 1, 1) from memory_data_param, out of
+    arrays given with ``set_input_arrays(data, labels)`` (pycaffe's): data
+    (M, C, H, W) with M a multiple of batch_size, labels (M,) or (M, 1, 1, 1).
+    Forward hands out consecutive batches, cycling; as in Caffe no
+    transform_param is applied. The user may also feed both tops directly."""
 
     num_tops = 2
     what = "in-memory arrays"
@@ -179,8 +185,51 @@ class MemoryData(SourceLayer):
         if not all(d > 0 for d in dims):
             raise self.config_error("memory_data_param needs positive batch_size, channels, "
                                     f"height and width; got {dims}")
+        self.batch = p.batch_size
+        self.item_shape = dims[1:]
+        self._data: np.ndarray | None = None
+        self._labels: np.ndarray | None = None
+        self.position = 0
         tops[0].reshape(dims)
-        tops[1].reshape((p.batch_size, 1, 1, 1))
+        tops[1].reshape((p.batch_size,))          # Caffe: one label per item, shape (N,)
+
+    def set_input_arrays(self, data, labels) -> None:
+        """Hand the layer the arrays it serves (copied as float32)."""
+        data = np.asarray(data)
+        labels = np.asarray(labels)
+        want = (self.batch if not len(data.shape) else data.shape[0], *self.item_shape)
+        if data.ndim != 4 or data.shape[1:] != tuple(self.item_shape):
+            raise InputError(f"{self.who}: data array has shape {shape_text(data.shape)}; "
+                             f"expected (M, {', '.join(map(str, self.item_shape))})",
+                             hint=f"e.g. {shape_text(want)}")
+        n = data.shape[0]
+        if n == 0 or n % self.batch:
+            raise InputError(f"{self.who}: data array has {n} items, which is not a positive "
+                             f"multiple of batch_size {self.batch}")
+        if labels.shape not in ((n,), (n, 1, 1, 1)):
+            raise InputError(f"{self.who}: labels array has shape {shape_text(labels.shape)}; "
+                             f"expected ({n},) or ({n}, 1, 1, 1) for {n} data items")
+        if not (np.issubdtype(data.dtype, np.number) and np.issubdtype(labels.dtype, np.number)):
+            raise InputError(f"{self.who}: data and labels must be numbers, got {data.dtype} "
+                             f"and {labels.dtype}")
+        self._data = np.ascontiguousarray(data, dtype=np.float32)
+        self._labels = np.ascontiguousarray(labels, dtype=np.float32).reshape(n)
+        self.position = 0
+
+    def forward(self, bottoms, tops):
+        if self.fed:
+            return
+        if self._data is None:
+            raise DataError(f"{self.who}: no data: call set_input_arrays(data, labels) first",
+                            hint="or feed its tops yourself, e.g. net.forward(data=...)")
+        start = self.position
+        stop = start + self.batch
+        for top, arr in zip(tops, (self._data[start:stop], self._labels[start:stop])):
+            if top.shape != arr.shape:
+                raise DataError(f"{self.who}: batch {shape_text(arr.shape)} does not fit "
+                                f"top '{top.name}' {shape_text(top.shape)}")
+            top.data[...] = arr
+        self.position = stop % self._data.shape[0]
 
 
 class _FileSource(SourceLayer):
@@ -209,16 +258,169 @@ class _FileSource(SourceLayer):
         raise NotImplementedError
 
 
+class _ReaderLayer(_FileSource):
+    """A layer whose forward takes the next batch from a ``netdef.data``
+    source, prepared ahead in a prefetch thread.
+
+    Subclasses build ``self.source`` and ``self.batcher`` in setup (see
+    ``_start_setup``) and set ``self.first_shape``: the (C, H, W) of the
+    first record, or None until it is read."""
+
+    default_depth = PREFETCH_DEPTH
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seed = 0
+        self.position = 0                 # the batch the next forward delivers
+        self.source = None
+        self._stream = None
+        self._batch = 0
+
+    # ---- the seeded, restartable stream --------------------------------------
+    def reseed(self, seed: int) -> None:
+        """Make shuffles, crops and mirrors follow ``seed``; the stream restarts
+        at its first batch."""
+        self.seed = int(seed)
+        self._restart(0)
+
+    def seek(self, batch: int) -> None:
+        """Continue at batch ``batch`` of the stream (e.g. when resuming)."""
+        self._restart(int(batch))
+
+    def close(self) -> None:
+        """Stop the prefetch thread and close the source (a later forward
+        opens them again, at the same position)."""
+        self._restart(self.position)
+        if self.source is not None:
+            self.source.close()
+
+    def _restart(self, position: int) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+        self.position = position
+
+    @property
+    def seed_key(self) -> tuple[int, int]:
+        return (self.seed & 0xFFFFFFFF, zlib.crc32(self.name.encode("utf-8")))
+
+    @property
+    def prefetch_depth(self) -> int:
+        if os.environ.get("NETDEF_NO_PREFETCH", "") not in ("", "0"):
+            return 0
+        return self.default_depth
+
+    def make_batcher(self):
+        raise NotImplementedError
+
+    def forward(self, bottoms, tops):
+        if self.fed:
+            return
+        if self._stream is None:
+            self.source.open()           # the clear error when it is missing or unreadable
+            make = functools.partial(_batches, self.source, self._batch, self.position,
+                                     self.seed_key, self.make_batcher())
+            self._stream = _prefetcher(self, make)
+        arrays = self._stream.next()
+        for top, arr in zip(tops, arrays):
+            if top.shape != arr.shape:
+                raise DataError(f"{self.who}: the batches of {self.source.describe()} have "
+                                f"shape {shape_text(arr.shape)} but top '{top.name}' is "
+                                f"{shape_text(top.shape)}", hint="the records do not match "
+                                "the net's input shape")
+            top.data[...] = arr
+        self.position += 1
+
+
+def _batches(source, batch_size, start, seed_key, batcher):
+    from netdef.data.readers import batches
+
+    return batches(source, batch_size, start, seed_key, batcher)
+
+
+def _prefetcher(layer, make):
+    from netdef.data.prefetch import Prefetcher
+
+    stream = Prefetcher(make, layer.prefetch_depth, name=f"netdef-data-{layer.name}")
+    weakref.finalize(layer, stream.close)        # the thread never holds the layer
+    return stream
+
+
+class _ImageReaderLayer(_ReaderLayer):
+    """Data and ImageData: items through the DataTransformer."""
+
+    def transformer(self):
+        from netdef.data.transform import DataTransformer
+
+        try:
+            t = DataTransformer(self.param.transform_param, self.phase,
+                                search_path=self.search_path, who=self.who)
+        except InputError as e:
+            raise self.config_error(e.message.split(": ", 1)[-1]) from None
+        legacy = getattr(self.param, self.param_field).crop_size
+        t.crop_size = t.crop_size or legacy
+        return t
+
+    def set_item_shape(self, tops, item) -> None:
+        self.first_shape = tuple(item) if item is not None else None
+        if item is not None:
+            try:
+                self.transform.check_shape(item)
+            except InputError as e:
+                # Caffe stops here; shape-only tools go on (forward raises it).
+                self.note = e.message.split(": ", 1)[-1] + "; forward will fail"
+            tops[0].reshape((self._batch, *self.transform.output_shape(item)))
+
+    def make_batcher(self):
+        from netdef.data.readers import ItemBatcher
+
+        shape = self.first_shape
+        if shape is None:
+            shape = self.source.first()[1].shape
+        return ItemBatcher(self.source, self.transform, shape, label=self._has_label)
+
+
 @register("Data")
-class Data(_FileSource):
-    """Batches from an LMDB/LevelDB database (data_param). The database cannot
-    be read yet, so (C, H, W) comes from the transform (crop_size, force_gray/
+class Data(_ImageReaderLayer):
+    """Batches of Datum records from an LMDB (data_param: source, batch_size,
+    backend; prefetch), in key order, cycling; transform_param applies.
+
+    Raw records are used as stored (uint8 ``data`` or ``float_data``);
+    encoded ones (JPEG/PNG) are decoded as BGR, gray with force_gray, 3
+    channels with force_color. The shape comes from the first record; when
+    the database cannot be read, from the transform (crop_size, force_gray/
     force_color) and otherwise from SOURCE_GUESSES (see ``note``)."""
 
     param_field = "data_param"
-    what = "LMDB/LevelDB databases"
+    what = "LMDB databases"
 
-    def item_shape(self, tops):
+    def setup(self, bottoms, tops):
+        from netdef.data.readers import LMDBSource, SourceUnavailable
+
+        p = self.param.data_param
+        self._batch = self.batch_size()
+        self._has_label = len(tops) > 1
+        if self._has_label:
+            tops[1].reshape((self._batch,))
+        if p.HasField("prefetch"):
+            self.default_depth = int(p.prefetch)
+        self.transform = self.transformer()
+        color = True if p.force_encoded_color else self.transform.color
+        self.source = LMDBSource(p.source, self.search_path, self.who, color)
+        self.source.where = self.where
+        try:
+            key, item, _ = self.source.first()
+        except SourceUnavailable as why:
+            self.set_item_shape(tops, None)
+            tops[0].reshape((self._batch, *self._guess_item_shape(tops, why.reason)))
+            return
+        finally:
+            self.source.close()          # forward reopens it in the reading thread
+        if p.backend != pb.DataParameter.LMDB:
+            self.note = f"backend is LEVELDB but '{p.source}' is an LMDB; read as LMDB"
+        self.set_item_shape(tops, item.shape)
+
+    def _guess_item_shape(self, tops, reason: str):
         p = self.param.data_param
         tp = self.param.transform_param
         crop = self.crop_size()
@@ -226,17 +428,17 @@ class Data(_FileSource):
         guess = next((chw for key, chw in SOURCE_GUESSES if key in name), None)
         if guess is not None:
             c, h, w = guess
-            self.note = (f"shape guessed from source name '{p.source}'; "
+            self.note = (f"shape guessed from source name '{p.source}' ({reason}); "
                          f"{self.shape_hint(tops)} to set it")
         elif crop:
             c, h, w = 3, crop, crop
             if not (tp.force_gray or tp.force_color):
-                self.note = (f"channel count assumed 3 for source '{p.source}'; "
+                self.note = (f"channel count assumed 3 for source '{p.source}' ({reason}); "
                              f"{self.shape_hint(tops)} to set it")
         else:
             backend = pb.DataParameter.DB.Name(p.backend)
-            raise UnknownShape(f"cannot read {backend} '{p.source}' to learn the data shape; "
-                               f"{self.shape_hint(tops)}")
+            raise UnknownShape(f"cannot read {backend} '{p.source}' to learn the data shape "
+                               f"({reason}); {self.shape_hint(tops)}")
         if tp.force_gray:
             c = 1
         elif tp.force_color:
@@ -247,96 +449,92 @@ class Data(_FileSource):
 
 
 @register("ImageData")
-class ImageData(_FileSource):
+class ImageData(_ImageReaderLayer):
     """Batches of images named in a list file (image_data_param: source lines
-    "path label", root_folder, is_color, new_height/new_width, batch_size).
+    "path label", root_folder, is_color, new_height/new_width, shuffle,
+    rand_skip, batch_size), read as Caffe's OpenCV does (uint8, BGR or gray),
+    resized bilinearly, then transformed (transform_param).
 
     (C, H, W): C = 3, or 1 when is_color is false; H, W = the crop, else the
-    resize, else the size of the first image in the list (read with Pillow).
+    resize, else the size of the first image in the list. With shuffle, the
+    order is a seeded permutation, new every epoch.
     """
 
     num_tops = 2
     param_field = "image_data_param"
     what = "image lists"
 
-    def item_shape(self, tops):
+    def setup(self, bottoms, tops):
+        from netdef.data.readers import ImageListSource, SourceUnavailable
+
         p = self.param.image_data_param
         if bool(p.new_height) != bool(p.new_width):
             raise self.config_error("image_data_param.new_height and new_width must be set "
                                     "together")
+        self._batch = self.batch_size()
+        self._has_label = True
+        tops[1].reshape((self._batch,))
+        self.transform = self.transformer()
         channels = 3 if p.is_color else 1
+        size = (p.new_height, p.new_width) if p.new_height else None
+        self.source = ImageListSource(p.source, self.search_path, self.who, root=p.root_folder,
+                                      color=bool(p.is_color), size=size, shuffle=p.shuffle,
+                                      rand_skip=p.rand_skip)
+        self.source.where = self.where
+        if size is not None:
+            self.set_item_shape(tops, (channels, *size))
+            return
         crop = self.crop_size()
-        if crop:
-            return channels, crop, crop
-        if p.new_height:
-            return channels, p.new_height, p.new_width
-        width, height = self._first_image_size(p, tops)
-        return channels, height, width
-
-    def _first_image_size(self, p, tops) -> tuple[int, int]:
-        hint = f"{self.shape_hint(tops)} or set new_height/new_width"
-        listing = find_file(p.source, self.search_path)
-        if listing is None:
-            raise UnknownShape(f"cannot find the image list '{p.source}' to learn the image "
-                               f"size; {hint}")
-        with open(listing, encoding="utf-8", errors="replace") as f:
-            line = next((ln.strip() for ln in f if ln.strip()), "")
-        if not line:
-            raise UnknownShape(f"the image list '{p.source}' is empty; {hint}")
-        # Caffe splits at the last space: file names may contain spaces.
-        name = line.rsplit(" ", 1)[0] if " " in line else line
-        image = find_file(p.root_folder + name, self.search_path)
-        if image is None:
-            raise UnknownShape(f"cannot find image '{p.root_folder + name}' (first line of "
-                               f"'{p.source}') to learn the image size; {hint}")
         try:
-            from PIL import Image
-
-            with Image.open(image) as im:
-                size = im.size
-        except Exception as err:   # any unreadable image: shape unknown
-            raise UnknownShape(f"cannot read image '{image}': {err}; {hint}") from None
-        self.note = f"image size read from '{image}', the first image of '{p.source}'"
-        return size
+            key, item, _ = self.source.first()
+        except SourceUnavailable as why:     # the list or the image is not there
+            self.set_item_shape(tops, None)
+            if crop:                          # known without the images
+                tops[0].reshape((self._batch, channels, crop, crop))
+                return
+            raise UnknownShape(f"cannot read the first image of '{p.source}' to learn the image "
+                               f"size ({why.reason}); {self.shape_hint(tops)} or set "
+                               "new_height/new_width") from None
+        self.note = f"image size read from '{key}', the first image of '{p.source}'"
+        self.set_item_shape(tops, item.shape)
 
 
 @register("HDF5Data")
-class HDF5Data(_FileSource):
-    """Batches from HDF5 files listed in hdf5_data_param.source: top i is the
-    dataset named like the top, shape (batch_size, *dataset.shape[1:]). The
-    shapes need the files and h5py (optional, not a netdef dependency)."""
+class HDF5Data(_ReaderLayer):
+    """Batches from HDF5 files listed in hdf5_data_param.source (one path per
+    line): top i is the dataset named like the top, shape (batch_size,
+    *dataset.shape[1:]), read as float32. Rows are served in order, file
+    after file, cycling; with shuffle the files and the rows in each are
+    permuted every epoch. No transform_param (Caffe refuses it here)."""
 
     num_tops = (1, None)
     param_field = "hdf5_data_param"
     what = "HDF5 files"
 
     def setup(self, bottoms, tops):
-        batch = self.batch_size()
-        for top, shape in zip(tops, self._dataset_shapes(tops), strict=True):
-            top.reshape((batch, *shape[1:]))
+        from netdef.data.readers import HDF5Source, SourceUnavailable
 
-    def _dataset_shapes(self, tops) -> list[tuple]:
-        source = self.param.hdf5_data_param.source
-        why = f"cannot read the HDF5 files listed in '{source}' to learn the data shapes"
-        hint = "pass --input-shape for every top"
+        if self.param.HasField("transform_param"):
+            raise self.config_error("HDF5Data does not transform data; remove transform_param "
+                                    "and scale the data when writing the .h5 files")
+        p = self.param.hdf5_data_param
+        self._batch = self.batch_size()
+        self.source = HDF5Source(p.source, self.search_path, self.who,
+                                 names=[t.name for t in tops], shuffle=p.shuffle)
+        self.source.where = self.where
         try:
-            import h5py
-        except ImportError:
-            raise UnknownShape(f"{why}: h5py is not installed; {hint}") from None
-        listing = find_file(source, self.search_path)
-        if listing is None:
-            raise UnknownShape(f"{why}: the list file does not exist; {hint}")
-        with open(listing, encoding="utf-8") as f:
-            first = next((ln.strip() for ln in f if ln.strip()), "")
-        path = find_file(first, self.search_path) if first else None
-        if path is None:
-            raise UnknownShape(f"{why}: cannot find '{first}'; {hint}")
-        with h5py.File(path, "r") as h5:
-            missing = [t.name for t in tops if t.name not in h5]
-            if missing:
-                raise self.config_error(f"HDF5 file '{path}' has no dataset '{missing[0]}'",
-                                        hint=did_you_mean(missing[0], list(h5)))
-            return [tuple(h5[t.name].shape) for t in tops]
+            self.source.open()
+        except SourceUnavailable as why:
+            raise UnknownShape(f"cannot read the HDF5 files listed in '{p.source}' to learn the "
+                               f"data shapes ({why.reason}); pass --input-shape for every "
+                               "top") from None
+        for top, rows in zip(tops, self.source.row_shapes, strict=True):
+            top.reshape((self._batch, *rows))
+
+    def make_batcher(self):
+        from netdef.data.readers import RowBatcher
+
+        return RowBatcher()
 
 
 @register("WindowData")
@@ -353,113 +551,3 @@ class WindowData(_FileSource):
         if not crop:
             raise self.config_error("WindowData needs a crop size (transform_param.crop_size)")
         return 3, crop, crop
-
-
-class PyBlob:
-    """The pycaffe Blob surface over a netdef Blob, for Python layers:
-    ``data``, ``diff``, ``shape``, ``count``, ``num``/``channels``/``height``/
-    ``width`` and ``reshape(*dims)`` (pycaffe takes the dims as arguments)."""
-
-    __slots__ = ("blob",)
-
-    def __init__(self, blob):
-        self.blob = blob
-
-    data = property(lambda self: self.blob.data)
-    diff = property(lambda self: self.blob.diff)
-    shape = property(lambda self: self.blob.shape)
-    count = property(lambda self: self.blob.count)
-    num = property(lambda self: self._legacy(0))
-    channels = property(lambda self: self._legacy(1))
-    height = property(lambda self: self._legacy(2))
-    width = property(lambda self: self._legacy(3))
-
-    def _legacy(self, axis: int) -> int:
-        shape = self.blob.shape
-        return shape[axis] if axis < len(shape) else 1
-
-    def reshape(self, *dims) -> None:
-        if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
-            dims = tuple(dims[0])
-        self.blob.reshape(dims)
-
-
-@register("Python")
-class Python(Layer):
-    """A layer written in Python, pycaffe's protocol (python_param: module,
-    layer, param_str).
-
-    The class is looked up in the module (imported from sys.path, the
-    current directory and ``search_path``) and created with the
-    LayerParameter (pycaffe's ``caffe.Layer(param)``) when its constructor
-    takes an argument. It gets ``param_str`` and ``phase`` attributes and its
-    ``setup``/``reshape``/``forward``/``backward`` are called with lists of
-    PyBlob. A module that cannot be imported makes the tops' shapes unknown
-    (UnknownShape with the import error).
-    """
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.search_path = None
-        self.impl = None
-
-    def setup(self, bottoms, tops):
-        p = self.param.python_param
-        if not p.module or not p.layer:
-            raise self.config_error("python_param needs both module and layer")
-        module = self._import(p.module)
-        cls = getattr(module, p.layer, None)
-        if cls is None:
-            names = [n for n in dir(module) if not n.startswith("_")]
-            raise self.config_error(f"module '{p.module}' has no class '{p.layer}'",
-                                    hint=did_you_mean(p.layer, names))
-        self.impl = cls(self.param) if _takes_argument(cls) else cls()
-        self.impl.param_str = p.param_str
-        self.impl.phase = self.phase
-        self._call("setup", bottoms, tops)
-
-    def _import(self, name: str):
-        saved = list(sys.path)
-        extra = [os.getcwd(), *_search_dirs(self.search_path)]
-        sys.path[:0] = [d for d in extra if d not in sys.path]
-        try:
-            return importlib.import_module(name)
-        except Exception as err:   # user code may fail any way
-            raise UnknownShape(f"cannot import Python layer module '{name}': "
-                               f"{type(err).__name__}: {err}") from None
-        finally:
-            sys.path[:] = saved
-
-    def _call(self, method: str, *blob_lists, extra=None):
-        args = [[PyBlob(b) for b in blobs] for blobs in blob_lists]
-        if extra is not None:
-            args.insert(1, extra)
-        try:
-            getattr(self.impl, method)(*args)
-        except (NetdefError, UnknownShape):
-            raise
-        except Exception as err:   # name the layer in user-code failures
-            p = self.param.python_param
-            raise ShapeError(f"layer '{self.name}' (Python): {p.module}.{p.layer}.{method} "
-                             f"raised {type(err).__name__}: {err}; bottoms: "
-                             f"{self.bottoms_text()}", where=self.where) from err
-
-    def reshape(self, bottoms, tops):
-        self._call("reshape", bottoms, tops)
-
-    def forward(self, bottoms, tops):
-        self._call("forward", bottoms, tops)
-
-    def backward(self, tops, propagate_down, bottoms):
-        self._call("backward", tops, bottoms, extra=list(propagate_down))
-
-
-def _takes_argument(cls) -> bool:
-    """True when ``cls(param)`` is the right call (pycaffe's Layer takes the
-    LayerParameter); False for a plain class whose constructor takes nothing."""
-    try:
-        params = inspect.signature(cls).parameters.values()
-    except (TypeError, ValueError):      # builtin or extension base (real pycaffe)
-        return True
-    return any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
-               for p in params)

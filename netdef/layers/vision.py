@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from netdef.errors import InputError
 from netdef.layers.base import Layer, filler_param, register
 from netdef.layers.geometry import conv_out_size, deconv_out_size, pool_out_size
 from netdef.frontend.schema import pb
@@ -95,6 +96,29 @@ def read_window(layer: Layer, msg, dilation: bool = True) -> Window:
 
 _SCRATCH = threading.local()
 
+# Convolution runs a block of images per GEMM: their column matrices lie side
+# by side, so the GEMM is wide, and the hand-overs between the Numba kernels'
+# threads (im2col, col2im) and BLAS's own, which can stall for a scheduler
+# tick when another process is busy (see kernels/_jit.py), happen once per
+# block instead of once per image. A block holds enough images for a GEMM
+# _GEMM_COLUMNS wide, as long as its column matrix stays under _COLUMN_LIMIT
+# floats (the bound on scratch memory; one image alone may exceed it).
+# Measured single-threaded, blocks cost no extra work over one image at a time
+# (AlexNet's convolutions, batch 10, within +-10% CPU time at every size).
+_GEMM_COLUMNS = 1 << 15
+_COLUMN_LIMIT = 1 << 23          # floats: 32 MiB
+
+
+def _scratch(name: str, size: int) -> np.ndarray:
+    """A flat float32 work array of this thread, at least ``size`` long; it only grows."""
+    bufs = getattr(_SCRATCH, "bufs", None)
+    if bufs is None:
+        bufs = _SCRATCH.bufs = {}
+    buf = bufs.get(name)
+    if buf is None or buf.size < size:
+        buf = bufs[name] = np.empty(size, np.float32)
+    return buf[:size]
+
 
 def column_buffer(rows: int, cols: int) -> np.ndarray:
     """A (rows, cols) float32 work matrix shared by every convolution of this thread.
@@ -102,12 +126,42 @@ def column_buffer(rows: int, cols: int) -> np.ndarray:
     Layers run one after another, so one buffer as large as the largest
     column matrix serves them all: far less memory than one per layer (tens
     of MB for ResNet-50), and it stays warm in cache and in the page tables.
-    It only grows, so after the first forward no call allocates.
+    It only grows, so after the first forward no call allocates. Taking it
+    forgets which convolution's columns it held (see ``_ConvBase``).
     """
-    buf = getattr(_SCRATCH, "buf", None)
-    if buf is None or buf.size < rows * cols:
-        buf = _SCRATCH.buf = np.empty(rows * cols, np.float32)
-    return buf[:rows * cols].reshape(rows, cols)
+    _SCRATCH.col_owner = None
+    return _scratch("col", rows * cols).reshape(rows, cols)
+
+
+def _gather(src: np.ndarray, n0: int, b: int, name: str) -> np.ndarray:
+    """Images n0 .. n0+b-1 of ``src`` (N, C, S) side by side as a (C, b*S)
+    matrix: a view for one image, else a copy into scratch ``name``."""
+    if b == 1:
+        return src[n0]
+    c, s = src.shape[1:]
+    buf = _scratch(name, c * b * s).reshape(c, b, s)
+    np.copyto(buf, src[n0:n0 + b].transpose(1, 0, 2))
+    return buf.reshape(c, b * s)
+
+
+def _scatter(mat: np.ndarray, dst: np.ndarray, n0: int, b: int, bias=None) -> None:
+    """The inverse of _gather: dst[n0:n0+b] (b, C, S) = mat (C, b*S) (+ bias per C)."""
+    c, s = dst.shape[1:]
+    blocks = mat.reshape(c, b, s).transpose(1, 0, 2)
+    if bias is None:
+        np.copyto(dst[n0:n0 + b], blocks)
+    else:
+        np.add(blocks, bias.reshape(c, 1), out=dst[n0:n0 + b])
+
+
+def _block_size(num: int, rows: int, plane: int) -> int:
+    """Images per GEMM block (see _GEMM_COLUMNS), evened out over the batch;
+    ``rows`` x ``plane`` is the largest scratch matrix one image needs."""
+    want = -(-_GEMM_COLUMNS // plane)
+    cap = max(1, _COLUMN_LIMIT // max(rows * plane, 1))
+    b = max(1, min(num, want, cap))
+    blocks = -(-num // b)
+    return -(-num // blocks)
 
 
 def _conv_axis(layer: Layer, msg, shape: tuple) -> int:
@@ -125,6 +179,12 @@ class _ConvBase(Layer):
     Several bottoms of one shape may be given; each gets its own top and
     all use the same weights (Caffe's rule). Images are the product of the
     axes before ``axis``. Weight and bias fillers default to constant 0.
+
+    Work is done per block of images (``_block_size``): one GEMM per group
+    and block, forward and backward. The column matrix of the last block of
+    the last bottom stays in the thread's column buffer after forward;
+    backward, which visits blocks in reverse, uses it instead of unfolding
+    that block again when nothing has taken the buffer in between.
     """
 
     num_bottoms = (1, None)
@@ -156,6 +216,8 @@ class _ConvBase(Layer):
         self.add_param(self.weight_shape(), filler_param(cp, "weight_filler"))
         if self.bias_term:
             self.add_param((self.num_output,), filler_param(cp, "bias_filler"))
+        self._token = object()      # names this layer's columns in the shared buffer
+        self._wgrad = None
 
     def weight_shape(self) -> tuple[int, ...]:
         raise NotImplementedError
@@ -184,13 +246,40 @@ class _ConvBase(Layer):
         for top in tops:
             top.reshape(shape[:self.axis] + (self.num_output, oh, ow))
 
+    def blocks(self, block: int, reverse: bool = False) -> list[tuple[int, int]]:
+        """(first image, image count) of every block of the batch."""
+        out = [(n0, min(block, self.num - n0)) for n0 in range(0, self.num, block)]
+        return out[::-1] if reverse else out
 
     def add_bias(self, y: np.ndarray) -> None:
-        """y (..., num_output, spatial) += bias per channel: one image right after
+        """y (..., num_output, spatial) += bias per channel: one block right after
         its GEMM (still in cache), or a whole batch."""
         if self.bias_term:
             b = self.blobs[1].data.reshape(self.num_output, 1)
             np.add(y, b, out=y)
+
+    def bias_backward(self, tops) -> None:
+        """bias diff += top diff summed over images and positions, every top."""
+        if self.bias_term and self.param_propagate_down[1]:
+            m = self.num_output
+            for top in tops:
+                self.blobs[1].diff[...] += top.diff.reshape(self.num, m, -1).sum(axis=(0, 2))
+
+    def add_weight_grad(self, a: np.ndarray, b: np.ndarray) -> None:
+        """weight diff (viewed as a @ b's (g, p, q) shape) += a @ b."""
+        shape = (a.shape[0], a.shape[1], b.shape[2])
+        if self._wgrad is None or self._wgrad.shape != shape:
+            self._wgrad = np.empty(shape, np.float32)
+        np.matmul(a, b, out=self._wgrad)
+        dw = self.blobs[0].diff.reshape(shape)
+        dw += self._wgrad
+
+    def remember_columns(self, index: int, x: np.ndarray, n0: int, b: int) -> None:
+        _SCRATCH.col_owner = (self._token, index, n0, b, x.ctypes.data, x.shape)
+
+    def has_columns(self, index: int, x: np.ndarray, n0: int, b: int) -> bool:
+        owner = getattr(_SCRATCH, "col_owner", None)
+        return owner == (self._token, index, n0, b, x.ctypes.data, x.shape)
 
 
 @register("Convolution")
@@ -198,9 +287,12 @@ class Convolution(_ConvBase):
     """2-D convolution, y = W * x + b, with groups, dilation, stride and padding.
 
     Output size floor((H + 2p - (d(k-1)+1)) / s) + 1 per axis. Weight
-    (num_output, C/group, kh, kw), bias (num_output,). Forward: per image,
-    im2col (skipped for 1x1, stride 1, pad 0) and one GEMM per group.
-    MACs: top count x (C/group) x kh x kw, per bottom.
+    (num_output, C/group, kh, kw), bias (num_output,). Forward: per block
+    of images, im2col of the block (for 1x1, stride 1, pad 0 the input
+    planes are the columns) and one GEMM per group. Backward per block and
+    group: dW += dY cols^T, dcols = W^T dY, then col2im; bias diff = sum of
+    dY over images and positions. MACs: top count x (C/group) x kh x kw,
+    per bottom.
     """
 
     def weight_shape(self):
@@ -211,27 +303,83 @@ class Convolution(_ConvBase):
         return (conv_out_size(h, win.kh, win.sh, win.ph, win.dh),
                 conv_out_size(w, win.kw, win.sw, win.pw, win.dw))
 
-    def forward(self, bottoms, tops):
-        g, num, win = self.group, self.num, self.win
-        kdim = self.channels // g * win.kh * win.kw      # GEMM depth per group
-        w = self.blobs[0].data.reshape(g, self.num_output // g, kdim)
-        (h, wd), (oh, ow) = self.in_hw, self.out_hw
-        for bottom, top in zip(bottoms, tops, strict=True):
-            x = bottom.data.reshape(num, self.channels, h, wd)
-            y = top.data.reshape(num, g, self.num_output // g, oh * ow)
-            if win.is_1x1:
-                # all images in one call; matmul broadcasts the weights over them
-                np.matmul(w, x.reshape(num, g, kdim, h * wd), out=y)
-                self.add_bias(y.reshape(num, self.num_output, oh * ow))
-                continue
-            from netdef.kernels.im2col import im2col
+    def reshape(self, bottoms, tops):
+        super().reshape(bottoms, tops)
+        (oh, ow) = self.out_hw
+        # per image: columns C*kh*kw (the "in" copy for 1x1) and the output's copy, M
+        rows = max(self.channels * self.win.kh * self.win.kw, self.num_output)
+        self.block = _block_size(self.num, rows, oh * ow)
 
-            col = column_buffer(g * kdim, oh * ow)
-            cols = col.reshape(g, kdim, oh * ow)
-            for n in range(num):
-                im2col(x[n], *win.args(), oh, ow, col)
-                np.matmul(w, cols, out=y[n])
-                self.add_bias(y[n].reshape(self.num_output, oh * ow))
+    def _columns(self, x: np.ndarray, n0: int, b: int) -> np.ndarray:
+        """The (C*kh*kw, b*OH*OW) column matrix of images n0 .. n0+b-1 of x."""
+        (h, wd), (oh, ow) = self.in_hw, self.out_hw
+        if self.win.is_1x1:
+            return _gather(x.reshape(self.num, self.channels, h * wd), n0, b, "in")
+        from netdef.kernels.im2col import im2col
+
+        col = column_buffer(self.channels * self.win.kh * self.win.kw, b * oh * ow)
+        im2col(x, n0, *self.win.args(), oh, ow, col)
+        return col
+
+    def forward(self, bottoms, tops):
+        g, m = self.group, self.num_output
+        kdim = self.channels // g * self.win.kh * self.win.kw     # GEMM depth per group
+        w = self.blobs[0].data.reshape(g, m // g, kdim)
+        bias = self.blobs[1].data if self.bias_term else None
+        (h, wd), (oh, ow) = self.in_hw, self.out_hw
+        plane = oh * ow
+        for i, (bottom, top) in enumerate(zip(bottoms, tops, strict=True)):
+            x = bottom.data.reshape(self.num, self.channels, h, wd)
+            y = top.data.reshape(self.num, m, plane)
+            for n0, b in self.blocks(self.block):
+                cols = self._columns(x, n0, b).reshape(g, kdim, b * plane)
+                if b == 1:
+                    np.matmul(w, cols, out=y[n0].reshape(g, m // g, plane))
+                    self.add_bias(y[n0])
+                else:
+                    out = _scratch("out", m * b * plane).reshape(g, m // g, b * plane)
+                    np.matmul(w, cols, out=out)
+                    _scatter(out.reshape(m, b * plane), y, n0, b, bias)
+                if not self.win.is_1x1:
+                    self.remember_columns(i, x, n0, b)
+
+    def backward(self, tops, propagate_down, bottoms):
+        self.bias_backward(tops)
+        want_w = self.param_propagate_down[0]
+        g, m, c = self.group, self.num_output, self.channels
+        kdim = c // g * self.win.kh * self.win.kw
+        wt = self.blobs[0].data.reshape(g, m // g, kdim).transpose(0, 2, 1)
+        (h, wd), (oh, ow) = self.in_hw, self.out_hw
+        plane = oh * ow
+        for i in reversed(range(len(bottoms))):
+            if not (want_w or propagate_down[i]):
+                continue
+            x = bottoms[i].data.reshape(self.num, c, h, wd)
+            dy = tops[i].diff.reshape(self.num, m, plane)
+            dx = bottoms[i].diff.reshape(self.num, c, h * wd)
+            for n0, b in self.blocks(self.block, reverse=True):
+                dyt = _gather(dy, n0, b, "out").reshape(g, m // g, b * plane)
+                if want_w:
+                    if self.has_columns(i, x, n0, b):
+                        cols = _scratch("col", g * kdim * b * plane)
+                    else:
+                        cols = self._columns(x, n0, b)
+                    cols = cols.reshape(g, kdim, b * plane)
+                    self.add_weight_grad(dyt, cols.transpose(0, 2, 1))
+                if not propagate_down[i]:
+                    continue
+                if self.win.is_1x1 and b == 1:
+                    np.matmul(wt, dyt, out=dx[n0].reshape(g, kdim, plane))
+                    continue
+                dcol = column_buffer(g * kdim, b * plane)
+                np.matmul(wt, dyt, out=dcol.reshape(g, kdim, b * plane))
+                if self.win.is_1x1:
+                    _scatter(dcol, dx, n0, b)
+                else:
+                    from netdef.kernels.im2col import col2im
+
+                    col2im(dcol, n0, *self.win.args(), oh, ow,
+                           bottoms[i].diff.reshape(self.num, c, h, wd))
 
     def macs(self, bottoms, tops):
         win = self.win
@@ -244,8 +392,9 @@ class Deconvolution(_ConvBase):
     """Transposed convolution: the gradient of Convolution w.r.t. its input.
 
     Output size s(H - 1) + d(k - 1) + 1 - 2p per axis. Weight
-    (C, num_output/group, kh, kw), bias (num_output,). Forward: per image,
-    one GEMM W^T x per group into columns, then col2im (skipped for 1x1).
+    (C, num_output/group, kh, kw), bias (num_output,). Forward: per block
+    of images, one GEMM W^T x per group into columns, then col2im (skipped
+    for 1x1). Backward: dcols = im2col(dY); dW += x dcols^T, dx = W dcols.
     MACs: bottom count x (num_output/group) x kh x kw, per bottom (Caffe's
     deconvolution cost).
     """
@@ -258,26 +407,73 @@ class Deconvolution(_ConvBase):
         return (deconv_out_size(h, win.kh, win.sh, win.ph, win.dh),
                 deconv_out_size(w, win.kw, win.sw, win.pw, win.dw))
 
-    def forward(self, bottoms, tops):
-        g, num, win, m = self.group, self.num, self.win, self.num_output
-        rows = m // g * win.kh * win.kw                  # column rows per group
-        wt = self.blobs[0].data.reshape(g, self.channels // g, rows).transpose(0, 2, 1)
-        (h, wd), (oh, ow) = self.in_hw, self.out_hw
-        for bottom, top in zip(bottoms, tops, strict=True):
-            x = bottom.data.reshape(num, g, self.channels // g, h * wd)
-            y = top.data.reshape(num, m, oh, ow)
-            if win.is_1x1:
-                np.matmul(wt, x, out=y.reshape(num, g, rows, oh * ow))
-                self.add_bias(y.reshape(num, m, oh * ow))
-                continue
-            from netdef.kernels.im2col import col2im
+    def reshape(self, bottoms, tops):
+        super().reshape(bottoms, tops)
+        h, w = self.in_hw
+        # per image: columns M*kh*kw and the input's copy, C
+        rows = max(self.num_output * self.win.kh * self.win.kw, self.channels)
+        self.block = _block_size(self.num, rows, h * w)
 
-            col = column_buffer(g * rows, h * wd)
-            cols = col.reshape(g, rows, h * wd)
-            for n in range(num):
-                np.matmul(wt, x[n], out=cols)
-                col2im(col, m, oh, ow, *win.args(), h, wd, y[n])
-                self.add_bias(y[n].reshape(m, oh * ow))
+    def forward(self, bottoms, tops):
+        g, m, c = self.group, self.num_output, self.channels
+        rows = m // g * self.win.kh * self.win.kw             # column rows per group
+        wt = self.blobs[0].data.reshape(g, c // g, rows).transpose(0, 2, 1)
+        bias = self.blobs[1].data if self.bias_term else None
+        (h, wd), (oh, ow) = self.in_hw, self.out_hw
+        hw = h * wd
+        for bottom, top in zip(bottoms, tops, strict=True):
+            x = bottom.data.reshape(self.num, c, hw)
+            y = top.data.reshape(self.num, m, oh, ow)
+            for n0, b in self.blocks(self.block):
+                xg = _gather(x, n0, b, "in").reshape(g, c // g, b * hw)
+                if self.win.is_1x1 and b == 1:
+                    np.matmul(wt, xg, out=y[n0].reshape(g, rows, hw))
+                    self.add_bias(y[n0].reshape(m, hw))
+                    continue
+                col = column_buffer(g * rows, b * hw)
+                np.matmul(wt, xg, out=col.reshape(g, rows, b * hw))
+                if self.win.is_1x1:
+                    _scatter(col, y.reshape(self.num, m, hw), n0, b, bias)
+                    continue
+                from netdef.kernels.im2col import col2im
+
+                col2im(col, n0, *self.win.args(), h, wd, y)
+                self.add_bias(y[n0:n0 + b].reshape(b, m, oh * ow))
+
+    def backward(self, tops, propagate_down, bottoms):
+        self.bias_backward(tops)
+        want_w = self.param_propagate_down[0]
+        g, m, c = self.group, self.num_output, self.channels
+        rows = m // g * self.win.kh * self.win.kw
+        w = self.blobs[0].data.reshape(g, c // g, rows)
+        (h, wd), (oh, ow) = self.in_hw, self.out_hw
+        hw = h * wd
+        for i in reversed(range(len(bottoms))):
+            if not (want_w or propagate_down[i]):
+                continue
+            dy = tops[i].diff.reshape(self.num, m, oh, ow)
+            x = bottoms[i].data.reshape(self.num, c, hw)
+            dx = bottoms[i].diff.reshape(self.num, c, hw)
+            for n0, b in self.blocks(self.block, reverse=True):
+                if self.win.is_1x1:
+                    dcol = _gather(dy.reshape(self.num, m, hw), n0, b, "out")
+                else:
+                    from netdef.kernels.im2col import im2col
+
+                    dcol = column_buffer(g * rows, b * hw)
+                    im2col(dy, n0, *self.win.args(), h, wd, dcol)
+                dcol = dcol.reshape(g, rows, b * hw)
+                if want_w:
+                    xg = _gather(x, n0, b, "in").reshape(g, c // g, b * hw)
+                    self.add_weight_grad(xg, dcol.transpose(0, 2, 1))
+                if not propagate_down[i]:
+                    continue
+                if b == 1:
+                    np.matmul(w, dcol, out=dx[n0].reshape(g, c // g, hw))
+                else:
+                    out = _scratch("in", c * b * hw).reshape(g, c // g, b * hw)
+                    np.matmul(w, dcol, out=out)
+                    _scatter(out.reshape(c, b * hw), dx, n0, b)
 
     def macs(self, bottoms, tops):
         win = self.win
@@ -291,6 +487,7 @@ class Im2col(Layer):
 
     Reads convolution_param's geometry (kernel, stride, pad, dilation, axis);
     row (c*kh + i)*kw + j of each image holds tap (i, j) of channel c.
+    Backward folds the top diff back with col2im (overlapping taps add up).
     """
 
     num_bottoms = 1
@@ -320,8 +517,19 @@ class Im2col(Layer):
         num, c, h, w, oh, ow = self.dims
         x = bottoms[0].data.reshape(num, c, h, w)
         y = tops[0].data.reshape(num, -1, oh * ow)
+        for n in range(num):      # the top holds each image's columns apart
+            im2col(x, n, *self.win.args(), oh, ow, y[n])
+
+    def backward(self, tops, propagate_down, bottoms):
+        if not propagate_down[0]:
+            return
+        from netdef.kernels.im2col import col2im
+
+        num, c, h, w, oh, ow = self.dims
+        dy = tops[0].diff.reshape(num, -1, oh * ow)
+        dx = bottoms[0].diff.reshape(num, c, h, w)
         for n in range(num):
-            im2col(x[n], *self.win.args(), oh, ow, y[n])
+            col2im(dy[n], n, *self.win.args(), oh, ow, dx)
 
 
 @register("Pooling")
@@ -335,7 +543,17 @@ class Pooling(Layer):
     clipped to the padded input. MAX may have a second top: the argmax
     h*W + w of each window, as floats (-1 for a window with no number).
     STOCHASTIC (no padding): in TRAIN picks one element per window with
-    probability x / sum(x); in TEST outputs sum(x^2) / sum(x).
+    probability x / sum(x) (drawn from ``self.rng``); in TEST outputs
+    sum(x^2) / sum(x).
+
+    Backward: MAX routes each top gradient to its window's argmax, AVE
+    spreads it over the window divided by the same area as forward,
+    STOCHASTIC in TRAIN routes it to the picked element, and in TEST (which
+    Caffe does not differentiate) uses the derivative of sum(x^2)/sum(x),
+    (2 x - y) / sum(x). Forward keeps the argmax only when
+    ``needs_backward`` is true (default: TRAIN phase; a net that will run
+    backward through a TEST net sets it) or a mask top asks for it;
+    without it, backward recomputes it from the bottom.
     """
 
     num_bottoms = 1
@@ -366,11 +584,16 @@ class Pooling(Layer):
             if win.ph >= win.kh or win.pw >= win.kw:
                 raise self.config_error(f"pad {win.ph}x{win.pw} must be smaller than the "
                                         f"kernel {win.kh}x{win.kw}")
-        stochastic = self._stochastic_train if self.phase == pb.TRAIN else self._stochastic_test
+        train = self.phase == pb.TRAIN
         # the method is chosen once here, not per forward call
-        self._forward = {_POOL.MAX: self._max, _POOL.AVE: self._ave,
-                         _POOL.STOCHASTIC: stochastic}[self.method]
+        self._forward, self._backward = {
+            _POOL.MAX: (self._max, self._max_backward),
+            _POOL.AVE: (self._ave, self._ave_backward),
+            _POOL.STOCHASTIC: ((self._stochastic_train, self._picked_backward) if train else
+                               (self._stochastic_test, self._stochastic_test_backward)),
+        }[self.method]
         self.rng = np.random.default_rng()
+        self.needs_backward = train
 
     def reshape(self, bottoms, tops):
         shape = bottoms[0].shape
@@ -385,72 +608,142 @@ class Pooling(Layer):
                                         f"{h + 2 * win.ph}x{w + 2 * win.pw} input")
         for top in tops:
             top.reshape((n, c, oh, ow))
-        self._argmax = None
+        self._argmax = None        # int64 (N, C, OH, OW): argmax or picked element
+        self._argmax_valid = False
 
     def forward(self, bottoms, tops):
         self._forward(bottoms[0].data, tops)
+
+    def backward(self, tops, propagate_down, bottoms):
+        if propagate_down[0]:
+            self._backward(tops[0].diff, bottoms[0])
+
+    def _geometry(self) -> tuple[int, ...]:
+        win = self.win
+        return win.kh, win.kw, win.sh, win.sw, win.ph, win.pw
+
+    def _argmax_for(self, shape) -> np.ndarray:
+        if self._argmax is None or self._argmax.shape != shape:
+            self._argmax = np.empty(shape, np.int64)
+        return self._argmax
 
     def _max(self, x, tops):
         from netdef.kernels.pooling import max_pool_forward, max_pool_forward_values
 
         out = tops[0].data
-        win = self.win
-        if self.phase == pb.TEST and len(tops) == 1:
-            # nothing will run backward through a TEST net: skip the argmax
-            max_pool_forward_values(x, win.kh, win.kw, win.sh, win.sw, win.ph, win.pw, out)
+        if not self.needs_backward and len(tops) == 1:
+            # nothing will run backward: skip the argmax
+            max_pool_forward_values(x, *self._geometry(), out)
+            self._argmax_valid = False
             return
-        if self._argmax is None or self._argmax.shape != out.shape:
-            self._argmax = np.empty(out.shape, np.int64)
-        max_pool_forward(x, win.kh, win.kw, win.sh, win.sw, win.ph, win.pw, out, self._argmax)
+        max_pool_forward(x, *self._geometry(), out, self._argmax_for(out.shape))
+        self._argmax_valid = True
         if len(tops) > 1:
             tops[1].data[...] = self._argmax
+
+    def _max_backward(self, dy, bottom):
+        from netdef.kernels.pooling import max_pool_backward, max_pool_forward
+
+        if not self._argmax_valid:      # forward skipped it: find the winners now
+            values = np.empty(dy.shape, np.float32)
+            max_pool_forward(bottom.data, *self._geometry(), values, self._argmax_for(dy.shape))
+            self._argmax_valid = True
+        max_pool_backward(dy, self._argmax, bottom.diff)
 
     def _ave(self, x, tops):
         from netdef.kernels.pooling import ave_pool_forward
 
-        win = self.win
-        ave_pool_forward(x, win.kh, win.kw, win.sh, win.sw, win.ph, win.pw, tops[0].data)
+        ave_pool_forward(x, *self._geometry(), tops[0].data)
 
-    def _taps(self, x, out_shape):
-        """Every window tap as a strided (N, C, OH, OW) view of x, zero-extended
-        past the border (zeros add nothing to the sums used below)."""
+    def _ave_backward(self, dy, bottom):
+        from netdef.kernels.pooling import ave_pool_backward
+
+        ave_pool_backward(dy, *self._geometry(), bottom.diff)
+
+    def _extended(self, x, out_shape) -> np.ndarray:
+        """x, zero-extended past the bottom/right border so that every window
+        of the output fits (stochastic pooling has no padding)."""
         win, (oh, ow) = self.win, out_shape[2:]
         n, c, h, w = x.shape
         need_h, need_w = (oh - 1) * win.sh + win.kh, (ow - 1) * win.sw + win.kw
-        if (need_h, need_w) != (h, w):
-            padded = np.zeros((n, c, max(need_h, h), max(need_w, w)), np.float32)
-            padded[:, :, :h, :w] = x
-            x = padded
+        if need_h <= h and need_w <= w:
+            return x
+        padded = np.zeros((n, c, max(need_h, h), max(need_w, w)), x.dtype)
+        padded[:, :, :h, :w] = x
+        return padded
+
+    def _taps(self, x, out_shape):
+        """(i, j, view): every window tap (i, j) as a strided (N, C, OH, OW) view
+        of x, which must be extended (``_extended``) to hold every window."""
+        win, (oh, ow) = self.win, out_shape[2:]
         for i in range(win.kh):
             for j in range(win.kw):
-                yield x[:, :, i:i + (oh - 1) * win.sh + 1:win.sh, j:j + (ow - 1) * win.sw + 1:win.sw]
+                yield i, j, x[:, :, i:i + (oh - 1) * win.sh + 1:win.sh,
+                              j:j + (ow - 1) * win.sw + 1:win.sw]
 
-    def _stochastic_test(self, x, tops):
-        out = tops[0].data
-        total = np.zeros(out.shape, np.float32)
-        squares = np.zeros(out.shape, np.float32)
-        for tap in self._taps(x, out.shape):
+    def _sums(self, x, out_shape):
+        """Per window: sum(x) + FLT_MIN and sum(x^2), float32."""
+        total = np.zeros(out_shape, np.float32)
+        squares = np.zeros(out_shape, np.float32)
+        for _, _, tap in self._taps(self._extended(x, out_shape), out_shape):
             total += tap
             squares += tap * tap
         # Caffe starts the sum at FLT_MIN, so an all-zero window gives 0, not 0/0
         total += np.finfo(np.float32).tiny
+        return total, squares
+
+    def _stochastic_test(self, x, tops):
+        out = tops[0].data
+        total, squares = self._sums(x, out.shape)
         np.divide(squares, total, out=out)
         out[total <= 0] = 0.0
 
+    def _stochastic_test_backward(self, dy, bottom):
+        # y = Q / S per window: dy/dx = (2 x - y) / S for each element of it
+        total, squares = self._sums(bottom.data, dy.shape)
+        y = squares / total
+        coef = np.where(total > 0, dy / total, np.float32(0.0))
+        shift = coef * y
+        x = self._extended(bottom.data, dy.shape)
+        dx = np.zeros(x.shape, np.float32)
+        taps = zip(self._taps(x, dy.shape), self._taps(dx, dy.shape))
+        for (_, _, tap), (_, _, grad) in taps:
+            grad += 2.0 * coef * tap - shift       # a view: windows of one tap never overlap
+        h, w = bottom.shape[2:]
+        bottom.diff[...] = dx[:, :, :h, :w]
+
     def _stochastic_train(self, x, tops):
         out = tops[0].data
+        width = x.shape[3]
+        oh, ow = out.shape[2:]
+        extended = self._extended(x, out.shape)
         total = np.zeros(out.shape, np.float32)
-        for tap in self._taps(x, out.shape):
+        for _, _, tap in self._taps(extended, out.shape):
             total += tap
         threshold = self.rng.random(out.shape, np.float32) * total
         running = np.zeros(out.shape, np.float32)
         done = np.zeros(out.shape, bool)
         out[...] = 0.0
-        for tap in self._taps(x, out.shape):
+        # the picked element h*W + w of each window (-1: none), for backward
+        picked = self._argmax_for(out.shape)
+        picked[...] = -1
+        corner = (np.arange(oh) * self.win.sh)[:, None] * width + np.arange(ow) * self.win.sw
+        for i, j, tap in self._taps(extended, out.shape):
             running += tap        # same order as ``total``: the last tap reaches it
             pick = ~done & (running >= threshold)
             out[pick] = tap[pick]
+            np.copyto(picked, corner + (i * width + j), where=pick)
             done |= pick
+        self._argmax_valid = True
+
+    def _picked_backward(self, dy, bottom):
+        from netdef.kernels.pooling import max_pool_backward
+
+        if not self._argmax_valid:
+            raise InputError(f"layer '{self.name}' (Pooling): STOCHASTIC backward needs the "
+                             "elements its forward picked; run forward first",
+                             where=self.where)
+        max_pool_backward(dy, self._argmax, bottom.diff)
 
 
 @register("LRN")
@@ -462,6 +755,11 @@ class LRN(Layer):
     scale = 1 + alpha * mean of x^2 over a size x size spatial window (pad
     (size-1)/2, Caffe's average-pooling divisor; k unused). Caffe divides
     alpha by the window size in both cases. local_size must be odd.
+
+    Backward (both regions): dx = dy * scale^-beta - 2 alpha' beta x *
+    sum over the windows holding x of dy * y / scale, alpha' being alpha
+    divided as in forward. Forward keeps ``scale``; run in place, it also
+    keeps a copy of the input.
     """
 
     num_bottoms = 1
@@ -479,7 +777,7 @@ class LRN(Layer):
         self.require(bottoms[0].ndim == 4, "expects a 4-axis (N, C, H, W) bottom")
         tops[0].reshape(bottoms[0].shape)
         self._scale = None     # kept for backward; allocated on first forward
-        self._out = None       # only used when run in place
+        self._x = None         # the input, kept only when run in place
 
     def forward(self, bottoms, tops):
         from netdef.kernels import lrn
@@ -487,16 +785,27 @@ class LRN(Layer):
         x, shape = bottoms[0].data, bottoms[0].shape
         if self._scale is None or self._scale.shape != shape:
             self._scale = np.empty(shape, np.float32)
-        in_place = tops[0] is bottoms[0]
-        if in_place:      # the kernels read neighbours after writing the centre
-            if self._out is None or self._out.shape != shape:
-                self._out = np.empty(shape, np.float32)
-            out = self._out
-        else:
-            out = tops[0].data
+        out = tops[0].data
+        if tops[0] is bottoms[0]:
+            # the kernels read neighbours after writing the centre: read a copy,
+            # which backward needs anyway
+            if self._x is None or self._x.shape != shape:
+                self._x = np.empty(shape, np.float32)
+            np.copyto(self._x, x)
+            x = self._x
         if self.across:
             lrn.lrn_across_forward(x, self.size, self.alpha, self.beta, self.k, out, self._scale)
         else:
             lrn.lrn_within_forward(x, self.size, self.alpha, self.beta, out, self._scale)
-        if in_place:
-            x[...] = out
+
+    def backward(self, tops, propagate_down, bottoms):
+        if not propagate_down[0]:
+            return
+        from netdef.kernels import lrn
+
+        in_place = tops[0] is bottoms[0]
+        x = self._x if in_place else bottoms[0].data
+        dy = tops[0].diff.copy() if in_place else tops[0].diff   # the kernels must not alias
+        kernel = lrn.lrn_across_backward if self.across else lrn.lrn_within_backward
+        kernel(x, tops[0].data, self._scale, dy, self.size, self.alpha, self.beta,
+               bottoms[0].diff)

@@ -1,0 +1,52 @@
+"""netdef.kernels._jit: parallel kernels compile their threaded build only when needed.
+
+A small call (every array under PARALLEL_MIN_WORK elements) runs a serial
+build, so a small net's first run never pays for the parallel compile.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from netdef.kernels._jit import PARALLEL_MIN_WORK, OnDemandParallel, parallel_kernel, prange
+
+JIT_DISABLED = os.environ.get("NUMBA_DISABLE_JIT", "0") not in ("", "0")
+
+
+def _scale(x, out):
+    n = x.size
+    if n < PARALLEL_MIN_WORK:
+        for i in range(n):
+            out[i] = 2.0 * x[i]
+    else:
+        for i in prange(n):
+            out[i] = 2.0 * x[i]
+
+
+@pytest.mark.skipif(JIT_DISABLED, reason="builds exist only with the JIT on")
+def test_small_calls_use_the_serial_build_and_big_ones_the_parallel_one():
+    fn = parallel_kernel(_scale)
+    assert isinstance(fn, OnDemandParallel) and fn.targetoptions["parallel"]
+    small = np.arange(8, dtype=np.float32)
+    out = np.empty_like(small)
+    fn(small, out)
+    np.testing.assert_array_equal(out, 2 * small)
+    assert len(fn.serial.overloads) == 1 and len(fn.overloads) == 0   # nothing parallel yet
+    big = np.ones(PARALLEL_MIN_WORK, np.float32)
+    out = np.empty_like(big)
+    fn(big, out)
+    assert out.min() == out.max() == 2.0
+    assert len(fn.overloads) == 1
+    assert len(fn.signatures) == 1                   # the same signature in both builds
+    fn.parallel_call(small, np.empty_like(small))    # what warmup uses
+    # the two builds cache under different names
+    assert fn._cache._cache_file._index_name != fn.serial._cache._cache_file._index_name
+
+
+def test_disabled_jit_keeps_the_plain_function(monkeypatch):
+    import numba
+
+    monkeypatch.setattr(numba.config, "DISABLE_JIT", True)
+    assert parallel_kernel(_scale) is _scale
