@@ -182,7 +182,7 @@ def setup_time(p: argparse.ArgumentParser) -> None:
 
 
 def run_time(args) -> int:
-    """Mean forward time of every layer and of the net (like caffe time)."""
+    """Mean forward (and backward) time of every layer and of the net (like caffe time)."""
     from netdef.net import Net
     from netdef.run import set_threads
     from netdef.timing import time_net
@@ -196,8 +196,9 @@ def run_time(args) -> int:
     net = Net(args.net, args.weights, args.phase, input_shapes=shapes_of(args),
               level=args.level, stages=args.stage, optimize=True)
     if args.batch:
-        for name in net.inputs:
-            net.blobs[name].reshape((args.batch,) + net.input_shape(name)[1:])
+        for name in net._inst.source_tops():
+            blob = net.blobs[name]
+            blob.reshape((args.batch,) + blob.shape[1:])
     report = time_net(net, args.iterations, bar=None, log=log)
     for line in net.plan_log:           # what the compiler did: fusion, memory saved
         log(line)

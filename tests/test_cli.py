@@ -223,3 +223,16 @@ def test_warmup_with_a_warm_cache_says_loaded_not_compiling(capsys, monkeypatch)
     out, err = capsys.readouterr()
     assert "compiling" not in err and "compiling" not in out
     assert out.startswith("2 kernels ready in ") and "0 compiled, 2 loaded from the cache" in out
+
+
+def test_time_a_training_net_reports_backward_per_layer(files, capsys):
+    code, out, err = run(capsys, "time", files["train_val"], "--phase", "TRAIN",
+                         "--iterations", "2", "--batch", "3", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["batch"] == 3 and report["backward_ms"] > 0
+    rows = {r["name"]: r for r in report["layers"]}
+    assert rows["fc"]["backward_ms"] > 0 and "backward_ms" in rows["data"]
+    code, out, _ = run(capsys, "time", files["train_val"], "--phase", "TRAIN",
+                       "--iterations", "2")
+    assert "backward" in out.splitlines()[0] and "forward-backward" in out
