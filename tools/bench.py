@@ -218,41 +218,12 @@ def _train_worker(engine: str, key: str, batch: int, threads: int) -> None:
 
 
 def bench_train(key: str, batch: int, repeat: int, warmup: int, threads: int):
-    import subprocess
-
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
-    workers = {}
-    for engine in ("netdef", "torch"):
-        cmd = [sys.executable, __file__, "--train-worker", engine, key, str(batch), str(threads)]
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                env=env)
-        if proc.stdout.readline().strip() != "ready":
-            raise SystemExit(f"bench: the {engine} training worker failed to start")
-        workers[engine] = proc
-
-    def once(engine: str) -> float:
-        proc = workers[engine]
-        proc.stdin.write("run\n")
-        proc.stdin.flush()
-        return float(proc.stdout.readline())
-
-    times = {engine: [] for engine in workers}
-    memory = {}
+    workers = Workers("--train-worker", ("netdef", "torch"), (key, batch, threads), threads)
     try:
-        for _ in range(warmup):
-            for engine in workers:
-                once(engine)
-        for _ in range(repeat):
-            for engine in workers:
-                time.sleep(0.02)
-                times[engine].append(once(engine))
+        times = workers.alternate(repeat, warmup)
     finally:
-        for engine, proc in workers.items():
-            proc.stdin.write("stop\n")
-            proc.stdin.close()
-            peak, above = proc.stdout.readline().split()
-            memory[engine] = (float(peak), float(above))
-            proc.wait()
+        last = workers.close()
+    memory = {engine: tuple(float(v) for v in line.split()) for engine, line in last.items()}
     return times, memory
 
 
@@ -291,8 +262,54 @@ def _input_shape(proto: str) -> tuple:
     return next(layer.top_shapes[0] for layer in s.layers if layer.type == "Input")
 
 
+class Workers:
+    """One worker process per engine, driven line by line over pipes: each
+    "run" line is answered with one time in ms. Runs alternate between the
+    engines so that drift of the machine affects both alike."""
+
+    def __init__(self, flag: str, engines, args, threads: int):
+        import subprocess
+
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads),
+                   OPENBLAS_NUM_THREADS=str(threads))
+        self.procs = {}
+        for engine in engines:
+            cmd = [sys.executable, __file__, flag, engine, *map(str, args)]
+            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    text=True, env=env)
+            if proc.stdout.readline().strip() != "ready":
+                raise SystemExit(f"bench: the {engine} worker failed to start")
+            self.procs[engine] = proc
+
+    def once(self, engine: str) -> float:
+        proc = self.procs[engine]
+        proc.stdin.write("run\n")
+        proc.stdin.flush()
+        return float(proc.stdout.readline())
+
+    def alternate(self, repeat: int, warmup: int) -> dict[str, list[float]]:
+        times = {engine: [] for engine in self.procs}
+        for _ in range(warmup):
+            for engine in self.procs:
+                self.once(engine)
+        for _ in range(repeat):
+            for engine in self.procs:
+                time.sleep(0.02)      # let the other engine's idle workers settle
+                times[engine].append(self.once(engine))
+        return times
+
+    def close(self) -> dict[str, str]:
+        """Stop every worker; returns the last line each printed."""
+        last = {}
+        for engine, proc in self.procs.items():
+            proc.stdin.write("stop\n")
+            proc.stdin.close()
+            last[engine] = proc.stdout.readline().strip()
+            proc.wait()
+        return last
+
+
 def bench_one(key: str, batch: int, repeat: int, warmup: int, threads: int, workdir):
-    import subprocess
 
     from netdef.net import Net
     from netdef.summary import summarize
@@ -306,35 +323,11 @@ def bench_one(key: str, batch: int, repeat: int, warmup: int, threads: int, work
     macs = summarize(str(proto), input_shapes={net.inputs[0]: shape}).total_macs
     del net
 
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
-    workers = {}
-    for engine in ("netdef", "opencv"):
-        cmd = [sys.executable, __file__, "--worker", engine, key, str(batch), str(threads), workdir]
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                env=env)
-        if proc.stdout.readline().strip() != "ready":
-            raise SystemExit(f"bench: the {engine} worker failed to start")
-        workers[engine] = proc
-
-    def once(engine: str) -> float:
-        proc = workers[engine]
-        proc.stdin.write("run\n")
-        proc.stdin.flush()
-        return float(proc.stdout.readline())
-
-    times = {"netdef": [], "opencv": []}
+    workers = Workers("--worker", ("netdef", "opencv"), (key, batch, threads, workdir), threads)
     try:
-        for _ in range(warmup):
-            for engine in workers:
-                once(engine)
-        for _ in range(repeat):
-            for engine in workers:
-                time.sleep(0.02)      # let the other engine's idle workers settle
-                times[engine].append(once(engine))
+        times = workers.alternate(repeat, warmup)
     finally:
-        for proc in workers.values():
-            proc.stdin.close()
-            proc.wait()
+        workers.close()
     return macs, times
 
 
