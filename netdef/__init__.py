@@ -13,6 +13,14 @@ __version__ = "0.1.0"
 # its pool, hence here, at the first import of anything netdef. The user's
 # own setting wins.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# The other side: OpenBLAS's idle workers spin for 2^28 cycles (~0.1 s) after
+# every GEMM, taking a core from the Numba kernels that run between GEMMs
+# (im2col, LRN and pooling ran about 2x slower at batch 10). 2^23 cycles (~3 ms)
+# still covers the short gaps of a batch-1 forward, where waking sleeping
+# workers for every GEMM cost more than the spinning (2^14 was measured: batch
+# 10 -20%, batch 1 +30%). OpenBLAS reads this when numpy loads it, so it only
+# takes effect if netdef is imported before numpy.
+_os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "23")
 
 _EXPORTS = {
     "Net": "netdef.net",
