@@ -169,6 +169,20 @@ def run_run(args) -> int:
     return run.cmd_run(args)
 
 
+# ------------------------------------------------------------- detect ----
+def setup_detect(p: argparse.ArgumentParser) -> None:
+    from netdef import detect
+
+    detect.setup_detect(p)
+
+
+def run_detect(args) -> int:
+    """Detect objects (SSD nets: faces, VOC classes): one line per box, or --draw them."""
+    from netdef import detect
+
+    return detect.cmd_detect(args)
+
+
 # --------------------------------------------------------------- time ----
 def setup_time(p: argparse.ArgumentParser) -> None:
     p.add_argument("net", help="net prototxt (any Caffe format)")
@@ -423,6 +437,7 @@ COMMANDS = {
     "upgrade": (setup_upgrade, run_upgrade),
     "deploy": (setup_deploy, run_deploy),
     "run": (setup_run, run_run),
+    "detect": (setup_detect, run_detect),
     "time": (setup_time, run_time),
     "warmup": (setup_warmup, run_warmup),
     "convert": (setup_convert, run_convert),

@@ -62,6 +62,8 @@ def _fill_generic(blobs, rng) -> None:
 
 _FILLS = {
     "Convolution": _he,
+    "DepthwiseConvolution": _he,
+    "ConvolutionDepthwise": _he,
     "InnerProduct": _he,
     "Deconvolution": _deconv,
     "BatchNorm": _batchnorm,

@@ -799,3 +799,213 @@ def transform_reference(item, rng, *, train, crop=0, mirror=False, mean=None, sc
                     v = v - (m[c, oy + y, ox + x] if m.ndim == 3 else m[c if m.size > 1 else 0])
                 out[c, y, ow - 1 - x if flip else x] = np.float32(v * np.float32(scale))
     return out
+
+
+# ---------------------------------------------------------- mobile nets ----
+
+def depthwise_conv2d_reference(x, w, b=None, stride=1, pad=0, dilation=1) -> np.ndarray:
+    """Depthwise convolution written out pixel by pixel: x (N, C, H, W), w
+    (C*k, 1, kh, kw); output channel m reads input channel m // k only."""
+    x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
+    (sh, sw), (ph, pw), (dh, dw) = map(_pair, (stride, pad, dilation))
+    n_img, n_ch, height, width = x.shape
+    n_out, _, kh, kw = w.shape
+    mult = n_out // n_ch
+    oh_n, ow_n = conv_out(height, kh, sh, ph, dh), conv_out(width, kw, sw, pw, dw)
+    y = np.zeros((n_img, n_out, oh_n, ow_n))
+    for n in range(n_img):
+        for m in range(n_out):
+            for oh in range(oh_n):
+                for ow in range(ow_n):
+                    acc = 0.0 if b is None else float(b[m])
+                    for i in range(kh):
+                        for j in range(kw):
+                            ih, iw = oh * sh - ph + i * dh, ow * sw - pw + j * dw
+                            if 0 <= ih < height and 0 <= iw < width:
+                                acc += w[m, 0, i, j] * x[n, m // mult, ih, iw]
+                    y[n, m, oh, ow] = acc
+    return y
+
+
+def relu6_reference(x, negative_slope=0.0) -> np.ndarray:
+    """The ReLU6 fork: min(max(x, 0) + slope * min(x, 0), 6), element by element."""
+    x = np.asarray(x, np.float64)
+    out = np.empty_like(x)
+    for i in np.ndindex(*x.shape):
+        v = float(x[i])
+        out[i] = min(max(v, 0.0) + negative_slope * min(v, 0.0), 6.0)
+    return out
+
+
+def relu6_backward_reference(x, dy, negative_slope=0.0) -> np.ndarray:
+    """dx = dy * (1 for 0 < x < 6, slope for x <= 0, 0 for x >= 6)."""
+    x, dy = np.asarray(x, np.float64), np.asarray(dy, np.float64)
+    dx = np.empty_like(x)
+    for i in np.ndindex(*x.shape):
+        v = float(x[i])
+        d = 0.0 if v >= 6.0 else (1.0 if v > 0.0 else negative_slope)
+        dx[i] = dy[i] * d
+    return dx
+
+
+def shuffle_channel_reference(x, group) -> np.ndarray:
+    """ShuffleNet's channel shuffle, channel by channel: with C = group * r,
+    output channel j*group + i is input channel i*r + j."""
+    x = np.asarray(x)
+    out = np.empty_like(x)
+    rows = x.shape[1] // group
+    for i in range(group):
+        for j in range(rows):
+            out[:, j * group + i] = x[:, i * rows + j]
+    return out
+
+
+# ------------------------------------------------------------ SSD layers ----
+
+def normalize_reference(x, scale, across_spatial=True, eps=1e-10) -> np.ndarray:
+    """SSD Normalize: x / sqrt(sum x^2 + eps) per sample (across_spatial) or per
+    position over channels, times scale (one value, or one per channel)."""
+    x = np.asarray(x, np.float64)
+    n_img, n_ch = x.shape[:2]
+    flat = x.reshape(n_img, n_ch, -1)
+    scale = np.asarray(scale, np.float64).reshape(-1)
+    out = np.empty_like(flat)
+    for n in range(n_img):
+        if across_spatial:
+            total = sum(float(v) ** 2 for v in flat[n].ravel())
+            norms = [math.sqrt(total + eps)] * flat.shape[2]
+        else:
+            norms = [math.sqrt(sum(float(flat[n, c, i]) ** 2 for c in range(n_ch)) + eps)
+                     for i in range(flat.shape[2])]
+        for c in range(n_ch):
+            s = scale[0] if len(scale) == 1 else scale[c]
+            for i in range(flat.shape[2]):
+                out[n, c, i] = s * flat[n, c, i] / norms[i]
+    return out.reshape(x.shape)
+
+
+def permute_reference(x, order) -> np.ndarray:
+    """Top axis i is bottom axis order[i] (order complete), element by element."""
+    x = np.asarray(x)
+    out = np.empty(tuple(x.shape[a] for a in order), x.dtype)
+    for idx in np.ndindex(*x.shape):
+        out[tuple(idx[a] for a in order)] = x[idx]
+    return out
+
+
+def prior_box_reference(feat_hw, img_hw, min_sizes, max_sizes=(), aspect_ratios=(), flip=True,
+                        clip=False, variance=(), step_hw=None, offset=0.5) -> np.ndarray:
+    """SSD PriorBox, (1, 2, H*W*num_priors*4), straight from the fork's loops."""
+    ratios = [1.0]
+    for r in aspect_ratios:
+        if any(abs(r - q) < 1e-6 for q in ratios):
+            continue
+        ratios.append(r)
+        if flip:
+            ratios.append(1.0 / r)
+    lh, lw = feat_hw
+    ih, iw = img_hw
+    sh, sw = step_hw if step_hw else (ih / lh, iw / lw)
+    boxes = []
+    for h in range(lh):
+        for w in range(lw):
+            cx, cy = (w + offset) * sw, (h + offset) * sh
+            for k, m in enumerate(min_sizes):
+                sizes = [(m, m)]
+                if max_sizes:
+                    sizes.append((math.sqrt(m * max_sizes[k]),) * 2)
+                sizes += [(m * math.sqrt(r), m / math.sqrt(r)) for r in ratios if r != 1.0]
+                for bw, bh in sizes:
+                    box = [(cx - bw / 2) / iw, (cy - bh / 2) / ih,
+                           (cx + bw / 2) / iw, (cy + bh / 2) / ih]
+                    if clip:
+                        box = [min(max(v, 0.0), 1.0) for v in box]
+                    boxes += box
+    var = list(variance) * (4 if len(variance) == 1 else 1) if variance else [0.1] * 4
+    variances = var * (len(boxes) // 4)
+    return np.array([boxes, variances], np.float64)[None]
+
+
+def _box_area(b) -> float:
+    if b[2] < b[0] or b[3] < b[1]:
+        return 0.0
+    return (b[2] - b[0]) * (b[3] - b[1])
+
+
+def _iou(a, b) -> float:
+    inter = _box_area([max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])])
+    if inter <= 0:
+        return 0.0
+    return inter / (_box_area(a) + _box_area(b) - inter)
+
+
+def _decode(loc, prior, var, code_type) -> list[float]:
+    d = [loc[k] * (var[k] if var is not None else 1.0) for k in range(4)]
+    pw, ph = prior[2] - prior[0], prior[3] - prior[1]
+    if code_type == "CORNER":
+        return [prior[k] + d[k] for k in range(4)]
+    if code_type == "CORNER_SIZE":
+        return [prior[0] + d[0] * pw, prior[1] + d[1] * ph, prior[2] + d[2] * pw,
+                prior[3] + d[3] * ph]
+    cx, cy = d[0] * pw + (prior[0] + prior[2]) / 2, d[1] * ph + (prior[1] + prior[3]) / 2
+    w, h = math.exp(d[2]) * pw, math.exp(d[3]) * ph
+    return [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
+
+
+def detection_output_reference(loc, conf, prior, num_classes, share_location=True,
+                               background=0, nms_threshold=0.3, top_k=-1, eta=1.0,
+                               confidence_threshold=None, keep_top_k=-1,
+                               code_type="CORNER", variance_encoded=False,
+                               clip=False) -> np.ndarray:
+    """The SSD fork's DetectionOutput, one Python loop per step: (D, 7) rows
+    [image, label, score, xmin, ymin, xmax, ymax], grouped by image and label;
+    with no detection at all, one row [i, -1, ..., -1] per image."""
+    loc, conf, prior = (np.asarray(a, np.float64) for a in (loc, conf, prior))
+    num = loc.shape[0]
+    n_p = prior.shape[2] // 4
+    n_loc = 1 if share_location else num_classes
+    loc = loc.reshape(num, n_p, n_loc, 4)
+    conf = conf.reshape(num, n_p, num_classes)
+    priors = prior[0, 0].reshape(n_p, 4)
+    variances = None if variance_encoded else prior[0, 1].reshape(n_p, 4)
+    rows = []
+    for i in range(num):
+        boxes = {}
+        for c in range(n_loc):
+            label = -1 if share_location else c
+            boxes[label] = []
+            for p in range(n_p):
+                b = _decode(loc[i, p, c], priors[p], None if variances is None
+                            else variances[p], code_type)
+                if clip:
+                    b = [min(max(v, 0.0), 1.0) for v in b]
+                boxes[label].append(b)
+        kept = {}
+        for c in range(num_classes):
+            if c == background:
+                continue
+            bx = boxes[-1 if share_location else c]
+            cands = [(conf[i, p, c], p) for p in range(n_p)
+                     if confidence_threshold is None or conf[i, p, c] > confidence_threshold]
+            cands.sort(key=lambda t: -t[0])            # stable: ties keep prior order
+            if top_k > -1:
+                cands = cands[:top_k]
+            threshold, keep = nms_threshold, []
+            for _, p in cands:
+                if all(_iou(bx[p], bx[q]) <= threshold for q in keep):
+                    keep.append(p)
+                    if eta < 1 and threshold > 0.5:
+                        threshold *= eta
+            kept[c] = keep
+        total = sum(len(k) for k in kept.values())
+        if -1 < keep_top_k < total:
+            pairs = [(conf[i, p, c], c, p) for c, keep in kept.items() for p in keep]
+            pairs.sort(key=lambda t: -t[0])
+            pairs = pairs[:keep_top_k]
+            kept = {c: [p for _, cc, p in pairs if cc == c] for c in kept}
+        for c in sorted(kept):
+            for p in kept[c]:
+                rows.append([i, c, conf[i, p, c]] + boxes[-1 if share_location else c][p])
+    if not rows:
+        return np.array([[i, -1, -1, -1, -1, -1, -1] for i in range(num)], np.float64)
+    return np.array(rows, np.float64)

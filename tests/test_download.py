@@ -216,3 +216,16 @@ def test_parse_real_zoo_readmes(shared_models):
     assert alexnet["caffemodel_url"].startswith("http://dl.caffe.berkeleyvision.org/")
     nin = download.parse_readme((shared_models / "nin_cifar10" / "readme.md").read_text())
     assert nin["caffemodel"] == "cifar10_nin.caffemodel" and len(nin["sha1"]) == 40
+
+
+def test_known_model_names_give_url_and_sha1(tmp_path, server, capsys, monkeypatch):
+    """`download.py face_detector` needs no readme; --url/--sha1 still override
+    (here: the local server stands in for the published file)."""
+    assert set(download.KNOWN_MODELS) == {"face_detector", "mobilenet_ssd"}
+    for info in download.KNOWN_MODELS.values():
+        assert re.fullmatch(r"[0-9a-f]{40}", info["sha1"])
+        assert info["caffemodel_url"].startswith("https://")
+    monkeypatch.chdir(tmp_path)
+    assert run("face_detector", "--url", server.url, "--sha1", SHA1, "--out", tmp_path) == 0
+    assert (tmp_path / "res10_300x300_ssd_iter_140000.caffemodel").read_bytes() == PAYLOAD
+    assert "OpenCV face detector" in capsys.readouterr().err

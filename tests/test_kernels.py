@@ -7,6 +7,7 @@ Cases whose id contains "tiny" also run with NUMBA_DISABLE_JIT=1.
 """
 from __future__ import annotations
 
+import importlib
 import inspect
 import os
 import pathlib
@@ -21,6 +22,7 @@ from netdef import kernels
 from netdef.kernels import elementwise as ew
 from netdef.kernels import im2col as i2c
 from netdef.kernels import lrn, normalization, pooling, softmax
+from netdef.kernels import detection as det
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 JIT_DISABLED = os.environ.get("NUMBA_DISABLE_JIT", "0") not in ("", "0")
@@ -513,6 +515,35 @@ def test_softmax(shape):
     close(x, want)
 
 
+# ---------------------------------------------------------------- detection (NMS)
+
+def _nms_python(boxes, order, threshold, eta):
+    """Greedy NMS straight from the fork's loop, with reference._iou."""
+    keep = []
+    for i in order:
+        if all(ref._iou(boxes[i], boxes[j]) <= threshold for j in keep):
+            keep.append(int(i))
+            if eta < 1 and threshold > 0.5:
+                threshold *= eta
+    return keep
+
+
+@pytest.mark.parametrize("n,threshold,eta", [(6, 0.45, 1.0), (40, 0.3, 1.0), (40, 0.7, 0.9),
+                                            (30, 0.0, 1.0)],
+                         ids=["tiny", "plain", "adaptive", "zero-threshold"])
+def test_nms_keep(n, threshold, eta):
+    rng = np.random.default_rng(n)
+    xy = rng.uniform(0, 0.6, (n, 2))
+    wh = rng.uniform(0.05, 0.5, (n, 2))
+    boxes = np.ascontiguousarray(np.concatenate([xy, xy + wh], axis=1), dtype=np.float32)
+    boxes[0] = boxes[0, [2, 3, 0, 1]]          # an inverted box has no area
+    order = rng.permutation(n).astype(np.int64)
+    keep = np.empty(n, np.int64)
+    count = det.nms_keep(boxes, order, threshold, eta, keep)
+    assert list(keep[:count]) == _nms_python(boxes.astype(np.float64), order, threshold, eta)
+    assert 0 < count <= n
+
+
 # ---------------------------------------------------------------- package contract
 
 
@@ -533,7 +564,7 @@ def test_all_kernels_are_cached_njit_dispatchers():
         listed.setdefault(module, []).append(name)
     assert len(set(kernels.ALL_KERNELS)) == len(kernels.ALL_KERNELS)
     for module, names in listed.items():
-        mod = sys.modules[f"netdef.kernels.{module}"]
+        mod = importlib.import_module(f"netdef.kernels.{module}")
         assert sorted(names) == _public_dispatchers(mod), module
         for name in names:
             disp = getattr(mod, name)

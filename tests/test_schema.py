@@ -40,6 +40,16 @@ def number(message, field):
     (pb.BlobProto, "num", 1), (pb.BlobProto, "width", 4),
     (pb.PoolingParameter, "round_mode", 13), (pb.ConvolutionParameter, "dilation", 18),
     (pb.SolverParameter, "type", 40), (pb.SolverParameter, "weights", 42),
+    # the SSD fork's layers (and OpenCV's DetectionOutput clip)
+    (pb.LayerParameter, "permute_param", 202), (pb.LayerParameter, "prior_box_param", 203),
+    (pb.LayerParameter, "detection_output_param", 204), (pb.LayerParameter, "norm_param", 206),
+    (pb.NormalizeParameter, "eps", 4), (pb.NormalizeParameter, "channel_shared", 3),
+    (pb.PriorBoxParameter, "offset", 13), (pb.PriorBoxParameter, "step_w", 12),
+    (pb.PriorBoxParameter, "variance", 6), (pb.NonMaximumSuppressionParameter, "eta", 3),
+    (pb.DetectionOutputParameter, "keep_top_k", 7),
+    (pb.DetectionOutputParameter, "variance_encoded_in_target", 8),
+    (pb.DetectionOutputParameter, "confidence_threshold", 9),
+    (pb.DetectionOutputParameter, "clip", 1000), (pb.SaveOutputParameter, "resize_param", 7),
 ])
 def test_caffe_field_numbers(message, field, expected):
     assert number(message, field) == expected

@@ -84,10 +84,33 @@ EXPECTED = {
         shapes={"conv1": (1, 32, 64, 64), "pool1": (1, 32, 32, 32), "prob": (1, 1)}),
     "happy_face_train_val.prototxt": Expected(
         37_569, 19_300_352, 150, stored=65, data=(150, 3, 64, 64), shapes={"fc": (150, 1)}),
+    "mobilenet_v1_deploy.prototxt": Expected(
+        4_231_976, 568_740_352, 1, stored=21_915,
+        shapes={"conv1": (1, 32, 112, 112), "conv2_2/dw": (1, 64, 56, 56),
+                "conv4_2/sep": (1, 512, 14, 14), "conv6/sep": (1, 1024, 7, 7),
+                "pool6": (1, 1024, 1, 1), "prob": (1, 1000, 1, 1)}),
+    "mobilenet_v2_deploy.prototxt": Expected(
+        3_505_960, 429_111_936, 1, stored=34_229,
+        shapes={"conv1/bn": (1, 32, 112, 112), "block_3_1": (1, 24, 56, 56),
+                "block_4_6": (1, 64, 28, 28), "block_5_2": (1, 96, 14, 14),
+                "block_6_2": (1, 160, 7, 7), "conv6_4/bn": (1, 1280, 7, 7),
+                "prob": (1, 1000, 1, 1)}),
+    "face_detector_ssd_res10_300x300.prototxt": Expected(
+        2_660_154, 1_178_874_752, 1, stored=2_512,
+        shapes={"conv1_pool": (1, 32, 75, 75), "layer_256_1_bn1": (1, 128, 38, 38),
+                "fc7": (1, 256, 19, 19), "conv9_2_h": (1, 128, 5, 5),
+                "mbox_loc": (1, 35_568), "mbox_conf": (1, 17_784)}),
+    "mobilenet_ssd_deploy.prototxt": Expected(
+        5_783_417, 1_148_479_168, 1,
+        shapes={"conv11": (1, 512, 19, 19), "conv13": (1, 1024, 10, 10),
+                "conv17_2": (1, 128, 1, 1), "mbox_loc": (1, 7_668), "mbox_conf": (1, 40_257)}),
     "mnist_alexnet_small.prototxt": Expected(
         5_624_842, 34_606_080, 1,
         shapes={"pool2": (1, 128, 7, 7), "pool3": (1, 256, 4, 4), "prob": (1, 10)}),
 }
+
+# SSD detectors: their result is DetectionOutput's top, not a "prob".
+DETECTORS = {"face_detector_ssd_res10_300x300.prototxt", "mobilenet_ssd_deploy.prototxt"}
 
 # The published model each of ours reproduces, and the TEST data shape its
 # data layer would yield (NIN is only published as a train/val net).
@@ -161,7 +184,8 @@ def count(net: pb.NetParameter, data_shape=None, phase=pb.TEST):
         elif kind == "Convolution":
             p = layer.convolution_param
             k, s, pad = _first(p.kernel_size, 0), _first(p.stride, 1), _first(p.pad, 0)
-            h, w = ((d + 2 * pad - k) // s + 1 for d in x[2:])
+            span = _first(p.dilation, 1) * (k - 1) + 1
+            h, w = ((d + 2 * pad - span) // s + 1 for d in x[2:])
             top = (x[0], p.num_output, h, w)
             blobs = [(p.num_output, x[1] // p.group, k, k)] + ([(p.num_output,)] * p.bias_term)
             macs = math.prod(top) * (x[1] // p.group) * k * k
@@ -187,6 +211,12 @@ def count(net: pb.NetParameter, data_shape=None, phase=pb.TEST):
             top = (x[0], sum(shapes[b][1] for b in layer.bottom)) + x[2:]
         elif kind == "BatchNorm":
             blobs = [(x[1],), (x[1],), (1,)]
+        elif kind == "Normalize":
+            blobs = [(1,) if layer.norm_param.channel_shared else (x[1],)]
+        elif kind == "Permute":
+            top = tuple(x[o] for o in layer.permute_param.order)
+        elif kind == "Flatten":   # axis 1 to the end, as the SSD heads use it
+            top = (x[0], math.prod(x[1:]))
         elif kind == "Scale":
             blobs = [(x[1],)] * (2 if layer.scale_param.bias_term else 1)
         elif kind in LOSSES:
@@ -219,13 +249,20 @@ def test_parses_with_a_name_and_layers(name):
     assert net.name and len(net.layer) > 5
     assert not net.layers and not net.input  # current format only
     tops = [t for layer in net.layer for t in layer.top]
-    assert "prob" in tops or "loss" in tops
+    assert "prob" in tops or "loss" in tops or "detection_out" in tops
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_outputs_are_prob_or_the_losses(name):
     """No dangling blobs: what nothing consumes is exactly the net's result."""
     net = parse(ZOO / name)
+    if name in DETECTORS:   # TEST: the detections; TRAIN: what a MultiBoxLoss would take
+        for phase, expected in ((pb.TEST, {"detection_out"}),
+                                (pb.TRAIN, {"mbox_loc", "mbox_conf_flatten", "mbox_priorbox"})):
+            kept = [layer for layer in net.layer if _kept(layer, phase)]
+            tops = {t for layer in kept for t in layer.top}
+            assert tops - {b for layer in kept for b in layer.bottom} == expected, phase
+        return
     for phase, expected in ((pb.TEST, {"prob"} | {"loss", "accuracy", "accuracy_top5"}),
                             (pb.TRAIN, {"prob", "loss"})):
         kept = [layer for layer in net.layer if _kept(layer, phase)]

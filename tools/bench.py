@@ -42,8 +42,14 @@ NETS = {
     "squeezenet": "squeezenet_v1_1_deploy.prototxt",
     "vgg16": "vgg16_deploy.prototxt",
     "nin": "nin_imagenet_deploy.prototxt",
+    "face_ssd": "face_detector_ssd_res10_300x300.prototxt",
+    "mobilenet_ssd": "mobilenet_ssd_deploy.prototxt",
+    "mobilenet_v1": "mobilenet_v1_deploy.prototxt",
+    "mobilenet_v2": "mobilenet_v2_deploy.prototxt",
 }
 DEFAULT = ["alexnet:1", "alexnet:10", "googlenet:1", "resnet50:1", "squeezenet:1"]
+# --mobile: the deployed detectors and mobile classifiers (issue 8), batch 1
+MOBILE = ["face_ssd:1", "mobilenet_ssd:1", "mobilenet_v1:1", "mobilenet_v2:1"]
 TRAIN_NETS = {"lenet": "lenet.prototxt", "alexnet": "alexnet_deploy.prototxt"}
 TRAIN_DEFAULT = ["lenet:64", "alexnet:32"]
 
@@ -59,6 +65,8 @@ def _worker(engine: str, key: str, batch: int, threads: int, workdir: str) -> No
     OpenCV's spinning workers and netdef's BLAS/Numba threads would slow
     each other down, and the numbers would measure the interference.
     """
+    if engine == "netdef":
+        import netdef  # noqa: F401  (before numpy, as the CLI does: it sets the BLAS thread policy)
     import numpy as np
 
     proto = str(ROOT / "zoo_defs" / NETS[key])
@@ -294,7 +302,9 @@ class Workers:
                 self.once(engine)
         for _ in range(repeat):
             for engine in self.procs:
-                time.sleep(0.02)      # let the other engine's idle workers settle
+                # let the other engine's idle workers go to sleep first: OpenBLAS's
+                # spin for up to ~0.1 s after a GEMM and would slow this run
+                time.sleep(0.25)
                 times[engine].append(self.once(engine))
         return times
 
@@ -347,6 +357,8 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    parser.add_argument("--mobile", action="store_true",
+                        help="bench " + " ".join(MOBILE) + " instead of --nets")
     parser.add_argument("--train", action="store_true",
                         help="training steps against PyTorch (nets: lenet, alexnet; "
                              "default " + " ".join(TRAIN_DEFAULT) + ")")
@@ -357,8 +369,9 @@ def main() -> int:
         return 0
 
     rows = []
+    nets = MOBILE if args.mobile else args.nets
     with tempfile.TemporaryDirectory() as tmp:
-        for item in args.nets:
+        for item in nets:
             key, _, batch = item.partition(":")
             batch = int(batch or 1)
             log(f"bench: {key} batch {batch} ...")

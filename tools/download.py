@@ -2,6 +2,7 @@
 """Download a Model Zoo caffemodel named in a model readme, verified by sha1.
 
     python tools/download.py MODEL_DIR_OR_README [--out DIR] [--url URL] [--sha1 HEX]
+    python tools/download.py face_detector|mobilenet_ssd [--out DIR]
 
 The readme's front matter gives ``caffemodel:`` (file name),
 ``caffemodel_url:`` and ``sha1:`` (older readmes list the same keys without
@@ -11,7 +12,9 @@ request (automatically up to ``--retries`` times, or by running the command
 again). Only after the sha1 matches is the part file renamed to its final
 name, so a half-written or corrupt model never appears under the real name.
 A mismatch deletes the part file and exits 1; a readme without sha1 is
-accepted with a loud warning.
+accepted with a loud warning. Instead of a readme, the name of a model in
+``KNOWN_MODELS`` (the SSD detectors netdef's zoo_defs reproduce) gives its
+published URL and sha1.
 
 Exit codes: 0 done (or already present and verified), 1 download or
 verification failed, 2 bad arguments or readme. Standard library only.
@@ -31,6 +34,29 @@ import urllib.request
 CHUNK = 1 << 20
 RETRY_DELAY = 1.0  # seconds before the first automatic resume, doubled each time
 KEYS = ("name", "caffemodel", "caffemodel_url", "sha1")
+
+# Published weights of the SSD detectors in zoo_defs/, with the URLs and sha1
+# sums OpenCV's model lists give for them (opencv_extra's
+# testdata/dnn/download_models.py for the face detector; OpenCV's
+# samples/dnn/models.yml, entry ssd_caffe, for MobileNet-SSD).
+KNOWN_MODELS = {
+    "face_detector": {
+        "name": "OpenCV face detector, ResNet-10 SSD 300x300 "
+                "(zoo_defs/face_detector_ssd_res10_300x300.prototxt)",
+        "caffemodel": "res10_300x300_ssd_iter_140000.caffemodel",
+        "caffemodel_url": "https://github.com/opencv/opencv_3rdparty/raw/"
+                          "dnn_samples_face_detector_20170830/"
+                          "res10_300x300_ssd_iter_140000.caffemodel",
+        "sha1": "15aa726b4d46d9f023526d85537db81cbc8dd566",
+    },
+    "mobilenet_ssd": {
+        "name": "MobileNet-SSD, VOC (zoo_defs/mobilenet_ssd_deploy.prototxt)",
+        "caffemodel": "MobileNetSSD_deploy.caffemodel",
+        "caffemodel_url": "https://drive.google.com/uc?export=download&"
+                          "id=0B3gersZ2cHIxRm5PMWRoTkdHdHc",
+        "sha1": "994d30a8afaa9e754d17d2373b2d62a7dfbaaf7a",
+    },
+}
 
 
 class DownloadError(Exception):
@@ -202,7 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Download and sha1-verify the caffemodel named in a Model Zoo readme.")
     p.add_argument("target", metavar="MODEL_DIR_OR_README",
-                   help="a model directory containing readme.md, or the readme itself")
+                   help="a model directory containing readme.md, the readme itself, or a "
+                   f"known model: {', '.join(KNOWN_MODELS)}")
     p.add_argument("--out", metavar="DIR", help="where to save (default: the readme's directory)")
     p.add_argument("--url", help="download from this URL instead of caffemodel_url")
     p.add_argument("--sha1", help="expected sha1 instead of the readme's")
@@ -215,9 +242,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        readme = find_readme(args.target)
-        with open(readme, encoding="utf-8", errors="replace") as f:
-            info = parse_readme(f.read())
+        if args.target in KNOWN_MODELS and not os.path.exists(args.target):
+            info = dict(KNOWN_MODELS[args.target])
+            readme = os.path.join(os.getcwd(), "known-model")  # --out defaults to here
+            log(f"{args.target}: {info['name']}")
+        else:
+            readme = find_readme(args.target)
+            with open(readme, encoding="utf-8", errors="replace") as f:
+                info = parse_readme(f.read())
     except (DownloadError, OSError) as e:
         log(f"download: {e}")
         return 2

@@ -21,6 +21,8 @@ from zoo_nets import (  # noqa: E402
     alexnet, googlenet, happy_face, lenet, mnist_alexnet_small, nin_imagenet, resnet50,
     squeezenet_v1_1, traffic_signs, vgg16,
 )
+from zoo_nets import mobilenet_v1, mobilenet_v2  # noqa: E402
+from zoo_nets import face_detector_ssd_res10, mobilenet_ssd  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ZOO = ROOT / "zoo_defs"
@@ -53,6 +55,8 @@ TS_NOTE = ["Note:    pool2 maps 13x13 to 7x7 because Caffe pooling rounds up, so
 HF_SRC = ["A small Keras-style binary classifier (\"happy house\" exercise of the",
           "deeplearning.ai CNN course); BatchNorm after S. Ioffe, C. Szegedy 2015."]
 HF_PARAMS = "37,569 learnable (+65 BatchNorm statistics stored)"
+MOBILENET_SRC = ["Architecture, layer names and preprocessing of the public Caffe port",
+                 "github.com/shicai/MobileNet-Caffe (definitions written here);"]
 
 
 def files() -> dict[str, str]:
@@ -150,6 +154,31 @@ def files() -> dict[str, str]:
             "19,300,352 per image",
             ["Note:    no Accuracy layer: Caffe's Accuracy takes an argmax over",
              "         channels, which is meaningless for a single logistic output."])),
+        "mobilenet_v1_deploy.prototxt": mobilenet_v1().text(header(
+            "MobileNet v1 (deploy)", ["MobileNet v1 (width 1.0): 3x3 conv, 13 depthwise-separable",
+                                      "pairs (3x3 depthwise conv, group = channels, then 1x1",
+                                      "conv), BatchNorm + Scale + ReLU after each conv, global",
+                                      "average pool, 1x1 conv fc7."],
+            "data 1x3x224x224 (BGR, minus mean [103.94, 116.78, 123.68], times 0.017)",
+            MOBILENET_SRC + ["A. G. Howard et al., \"MobileNets: Efficient Convolutional",
+                             "Neural Networks for Mobile Vision Applications\", arXiv:1704.04861."],
+            "4,231,976 learnable (+21,915 BatchNorm statistics stored)",
+            "568,740,352 per image",
+            ["Weights: layer names match shicai's mobilenet.caffemodel."])),
+        "mobilenet_v2_deploy.prototxt": mobilenet_v2().text(header(
+            "MobileNet v2 (deploy)", ["MobileNet v2 (width 1.0): 17 inverted residual blocks",
+                                      "(1x1 expand, 3x3 depthwise, 1x1 linear; Eltwise sum when",
+                                      "stride 1 and widths match), 1x1 conv to 1280, global",
+                                      "average pool, 1x1 conv fc7; BatchNorm + Scale everywhere."],
+            "data 1x3x224x224 (BGR, minus mean [103.94, 116.78, 123.68], times 0.017)",
+            MOBILENET_SRC + ["M. Sandler et al., \"MobileNetV2: Inverted Residuals and Linear",
+                             "Bottlenecks\", CVPR 2018."],
+            "3,505,960 learnable (+34,229 BatchNorm statistics stored)",
+            "429,111,936 per image",
+            ["Note:    as in the Caffe port, the stride 2 of the 64-channel stage sits on",
+             "         conv4_7 (first 96-channel block), so conv4_3..conv4_6 run at 28x28",
+             "         (the paper's layout costs about 300 M MACs).",
+             "Weights: layer names match shicai's mobilenet_v2.caffemodel."])),
         "mnist_alexnet_small.prototxt": mnist_alexnet_small().text(header(
             "Small AlexNet-style MNIST net (deploy)",
             ["Three blocks of 3x3 conv (64/128/256) + ReLU + max pool 2/2 + LRN",
@@ -160,6 +189,33 @@ def files() -> dict[str, str]:
             "5,624,842 learnable", "34,606,080 per image",
             ["Note:    LRN uses AlexNet's local_size 5 (Caffe needs an odd size, the",
              "         TensorFlow model used 4); 7x7 pools to 4x4 (Caffe rounds up)."])),
+        "face_detector_ssd_res10_300x300.prototxt": face_detector_ssd_res10().text(header(
+            "OpenCV's face detector, ResNet-10 SSD 300x300 (deploy)",
+            ["SSD on a small residual trunk (one pre-activation block per width",
+             "32/128/256/256, the last dilated at 19x19), extra maps down to 5x5,",
+             "Normalize on the 38x38 map; 6 PriorBox sources, 8,892 priors, 2 classes",
+             "(background, face); DetectionOutput keeps up to 200 faces."],
+            "data 1x3x300x300 (BGR, minus mean [104, 177, 123], no scaling)",
+            ["Layer names, shapes and SSD parameters of OpenCV's sample",
+             "samples/dnn/face_detector/deploy.prototxt (definition written here);",
+             "W. Liu et al., \"SSD: Single Shot MultiBox Detector\", ECCV 2016."],
+            "2,660,154 learnable (+2,512 BatchNorm statistics stored)",
+            "1,178,874,752 per image",
+            ["Note:    detection_output_param clip is OpenCV's addition (decoded boxes",
+             "         are clamped to the image), kept as in the sample.",
+             "Weights: layer names match res10_300x300_ssd_iter_140000.caffemodel."])),
+        "mobilenet_ssd_deploy.prototxt": mobilenet_ssd().text(header(
+            "MobileNet-SSD, PASCAL VOC (deploy)",
+            ["SSD on MobileNet v1 (BatchNorm merged into the convolutions, so every",
+             "conv has a bias; depthwise convs are Convolution with group = channels),",
+             "heads on conv11, conv13 and four extra maps; 1,917 priors, 21 classes",
+             "(background + the 20 VOC classes); keeps up to 100 detections."],
+            "data 1x3x300x300 (BGR, minus 127.5, times 0.007843)",
+            ["Layer names, shapes and SSD parameters of chuanqi305's MobileNet-SSD",
+             "MobileNetSSD_deploy.prototxt (definition written here); MobileNets:",
+             "A. G. Howard et al., arXiv:1704.04861; SSD: W. Liu et al., ECCV 2016."],
+            "5,783,417 learnable", "1,148,479,168 per image",
+            ["Weights: layer names match MobileNetSSD_deploy.caffemodel."])),
     }
 
 

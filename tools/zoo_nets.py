@@ -457,3 +457,238 @@ def mnist_alexnet_small() -> Net:
         x = dropout(net, f"drop{i}", relu(net, f"relu{i}", fc(net, f"fc{i}", x, 1024)), 0.5)
     softmax(net, fc(net, "fc6", x, 10))
     return net
+
+
+# ------------------------------------------------------------ mobile nets ----
+# Names and shapes of the public Caffe ports (shicai/MobileNet-Caffe), so that
+# their caffemodels load by layer name. Depthwise convolutions are plain
+# Convolution layers with group == channels, as published.
+
+def mobilenet_v1() -> Net:
+    """MobileNet v1 (width 1.0): conv1, then 13 pairs of a 3x3 depthwise conv
+    (stride on the depthwise conv) and a 1x1 pointwise conv, each followed by
+    in-place BatchNorm + Scale + ReLU; global average pool, 1x1 conv fc7."""
+    net = Net("MobileNet-v1")
+    x = input_layer(net, 1, 3, 224, 224)
+    x = conv(net, "conv1", x, 32, 3, 2, 1, bias=False)
+    batch_norm(net, "conv1/bn", "conv1/scale", x)
+    x = relu(net, "relu1", x)
+    channels = 32
+    # (tag, stride of the depthwise conv, pointwise outputs)
+    pairs = [("2_1", 1, 64), ("2_2", 2, 128), ("3_1", 1, 128), ("3_2", 2, 256),
+             ("4_1", 1, 256), ("4_2", 2, 512)] + [(f"5_{i}", 1, 512) for i in range(1, 6)]
+    pairs += [("5_6", 2, 1024), ("6", 1, 1024)]
+    for tag, stride, width in pairs:
+        for part, args in (("dw", (channels, 3, stride, 1, channels)), ("sep", (width, 1))):
+            x = conv(net, f"conv{tag}/{part}", x, *args, bias=False)
+            batch_norm(net, f"conv{tag}/{part}/bn", f"conv{tag}/{part}/scale", x)
+            x = relu(net, f"relu{tag}/{part}", x)
+        channels = width
+    x = pool(net, "pool6", x, AVE)
+    softmax(net, conv(net, "fc7", x, 1000, 1))
+    return net
+
+
+def _conv_bn_v2(net, name, bottom, width, kernel, stride=1, pad=0, group=1,
+                relu_name=None) -> str:
+    """MobileNet v2 unit: bias-free conv, BatchNorm into ``<name>/bn``, Scale in
+    place on it, optional ReLU; returns ``<name>/bn``."""
+    x = conv(net, name, bottom, width, kernel, stride, pad, group, bias=False)
+    bn = net.add(f"{name}/bn", "BatchNorm", x, f"{name}/bn",
+                 batch_norm_param={"use_global_stats": True})
+    net.add(f"{name}/scale", "Scale", bn, bn, scale_param={"bias_term": True})
+    return relu(net, relu_name, bn) if relu_name else bn
+
+
+def mobilenet_v2() -> Net:
+    """MobileNet v2 (width 1.0) as in the public Caffe port: 17 inverted
+    residual blocks (1x1 expand, 3x3 depthwise, 1x1 linear projection, an
+    Eltwise sum when shapes allow), conv6_4 to 1280, global average pool, fc7.
+
+    The port puts the stride-2 of the 64-channel stage on the first block of
+    the 96-channel stage (conv4_7) instead, so the 64-channel blocks run at
+    28x28; weights are unaffected, and this keeps the port's outputs.
+    """
+    net = Net("MobileNet-v2")
+    x = input_layer(net, 1, 3, 224, 224)
+    x = _conv_bn_v2(net, "conv1", x, 32, 3, 2, 1, relu_name="relu1")
+    channels = 32
+    # (tag, expanded width, depthwise stride, output width)
+    blocks = [("2_1", 32, 1, 16), ("2_2", 96, 2, 24), ("3_1", 144, 1, 24),
+              ("3_2", 144, 2, 32), ("4_1", 192, 1, 32), ("4_2", 192, 1, 32),
+              ("4_3", 192, 1, 64), ("4_4", 384, 1, 64), ("4_5", 384, 1, 64),
+              ("4_6", 384, 1, 64), ("4_7", 384, 2, 96), ("5_1", 576, 1, 96),
+              ("5_2", 576, 1, 96), ("5_3", 576, 2, 160), ("6_1", 960, 1, 160),
+              ("6_2", 960, 1, 160), ("6_3", 960, 1, 320)]
+    for tag, wide, stride, width in blocks:
+        y = _conv_bn_v2(net, f"conv{tag}/expand", x, wide, 1, relu_name=f"relu{tag}/expand")
+        y = _conv_bn_v2(net, f"conv{tag}/dwise", y, wide, 3, stride, 1, wide,
+                        relu_name=f"relu{tag}/dwise")
+        y = _conv_bn_v2(net, f"conv{tag}/linear", y, width, 1)
+        if stride == 1 and width == channels:
+            y = net.add(f"block_{tag}", "Eltwise", [x, y])
+        x, channels = y, width
+    x = _conv_bn_v2(net, "conv6_4", x, 1280, 1, relu_name="relu6_4")
+    x = pool(net, "pool6", x, AVE)
+    softmax(net, conv(net, "fc7", x, 1000, 1))
+    return net
+
+
+# ------------------------------------------------------ SSD detectors ----
+# The SSD fork's head: for each source map, a loc and a conf convolution,
+# each permuted to NHWC and flattened, and a PriorBox; the three kinds are
+# concatenated, the scores softmaxed per prior, and DetectionOutput decodes
+# and suppresses. Names follow the published deploy files, so their
+# .caffemodel weights load by layer name.
+
+SSD_VARIANCE = [0.1, 0.1, 0.2, 0.2]
+
+
+def _ssd_head(net, prefix, source, num_classes, min_size, max_size, ratios, kernel, step=None):
+    """loc/conf convs + Permute + Flatten, and the PriorBox, for one source map."""
+    priors = (1 + 2 * len(ratios)) + (1 if max_size else 0)  # ratio 1, r and 1/r, sqrt(min*max)
+    outs = []
+    for kind, width in (("loc", 4 * priors), ("conf", num_classes * priors)):
+        x = conv(net, f"{prefix}_mbox_{kind}", source, width, kernel, pad=kernel // 2)
+        x = net.add(f"{prefix}_mbox_{kind}_perm", "Permute", x,
+                    permute_param={"order": [0, 2, 3, 1]})
+        outs.append(net.add(f"{prefix}_mbox_{kind}_flat", "Flatten", x,
+                            flatten_param={"axis": 1}))
+    p = {"min_size": float(min_size)}
+    if max_size:
+        p["max_size"] = float(max_size)
+    p.update({"aspect_ratio": [float(r) for r in ratios], "flip": True, "clip": False,
+              "variance": SSD_VARIANCE})
+    if step:
+        p["step"] = float(step)
+    p["offset"] = 0.5
+    outs.append(net.add(f"{prefix}_mbox_priorbox", "PriorBox", [source, "data"],
+                        prior_box_param=p))
+    return outs
+
+
+def _ssd_output(net, heads, num_classes, nms_top_k, keep_top_k, threshold, clip=False) -> str:
+    locs, confs, priors = zip(*heads)
+    net.add("mbox_loc", "Concat", list(locs), concat_param={"axis": 1})
+    net.add("mbox_conf", "Concat", list(confs), concat_param={"axis": 1})
+    net.add("mbox_priorbox", "Concat", list(priors), concat_param={"axis": 2})
+    x = net.add("mbox_conf_reshape", "Reshape", "mbox_conf",
+                reshape_param={"shape": {"dim": [0, -1, num_classes]}})
+    x = net.add("mbox_conf_softmax", "Softmax", x, softmax_param={"axis": 2})
+    x = net.add("mbox_conf_flatten", "Flatten", x, flatten_param={"axis": 1})
+    p = {"num_classes": num_classes, "share_location": True, "background_label_id": 0,
+         "nms_param": {"nms_threshold": 0.45, "top_k": nms_top_k},
+         "code_type": E("CENTER_SIZE"), "keep_top_k": keep_top_k,
+         "confidence_threshold": threshold}
+    if clip:
+        p["clip"] = True   # OpenCV's extension: decoded boxes clamped to the image
+    return net.add("detection_out", "DetectionOutput", ["mbox_loc", x, "mbox_priorbox"],
+                   include={"phase": TEST}, detection_output_param=p)
+
+
+def _bn_scale(net, bn_name, scale_name, bottom, top=None) -> str:
+    """BatchNorm (no parameters: the phase decides), in place unless ``top`` is
+    given, then an in-place Scale with bias."""
+    x = net.add(bn_name, "BatchNorm", bottom, top or bottom)
+    return net.add(scale_name, "Scale", x, x, scale_param={"bias_term": True})
+
+
+def face_detector_ssd_res10() -> Net:
+    """OpenCV's face detector: a ResNet-10-like trunk (one residual block
+    per width, pre-activation) with an SSD head on six maps, 2 classes."""
+    net = Net("ResNet10-SSD-300x300-face")
+    x = input_layer(net, 1, 3, 300, 300)
+    x = _bn_scale(net, "data_bn", "data_scale", x, "data_bn")
+    x = conv(net, "conv1_h", x, 32, 7, 2, 3)
+    _bn_scale(net, "conv1_bn_h", "conv1_scale_h", x)
+    x = pool(net, "conv1_pool", relu(net, "conv1_relu", x), MAX, 3, 2)
+
+    def unit(name, bottom, width, stride=1, pad=1, dilation=1, top=None) -> str:
+        p = {"num_output": width, "bias_term": False, "pad": pad, "kernel_size": 3,
+             "stride": stride}
+        if dilation != 1:
+            p["dilation"] = dilation
+        return net.add(name, "Convolution", bottom, top, convolution_param=p)
+
+    # layer_64_1: conv-bn-relu-conv, identity shortcut.
+    y = unit("layer_64_1_conv1_h", x, 32)
+    _bn_scale(net, "layer_64_1_bn2_h", "layer_64_1_scale2_h", y)
+    y = unit("layer_64_1_conv2_h", relu(net, "layer_64_1_relu2", y), 32)
+    x = net.add("layer_64_1_sum", "Eltwise", [y, x])
+    # Three pre-activation blocks with 1x1 projection shortcuts; the names'
+    # _h suffixes (and their absence) are the published model's.
+    blocks = [  # width, first/second conv width, stride, names: bn1, conv1, bn2, conv2, expand
+        ("128", 128, 2, "_h", "_h", "", "", "_h"),
+        ("256", 256, 2, "", "", "", "", ""),
+        ("512", (128, 256), 1, "", "_h", "_h", "_h", "_h"),
+    ]
+    for tag, width, stride, s_bn1, s_c1, s_bn2, s_c2, s_exp in blocks:
+        w1, w2 = width if isinstance(width, tuple) else (width, width)
+        b = f"layer_{tag}_1"
+        pre = _bn_scale(net, f"{b}_bn1{s_bn1}", f"{b}_scale1{s_bn1}", x, f"{b}_bn1{s_bn1}")
+        pre = relu(net, f"{b}_relu1", pre)
+        y = unit(f"{b}_conv1{s_c1}", pre, w1, stride)
+        _bn_scale(net, f"{b}_bn2{s_bn2}", f"{b}_scale2{s_bn2}", y)
+        y = relu(net, f"{b}_relu2", y)
+        if tag == "512":   # the last block keeps 19x19 and widens its view by dilation
+            y = unit(f"{b}_conv2{s_c2}", y, w2, pad=2, dilation=2)
+        else:
+            y = unit(f"{b}_conv2{s_c2}", y, w2)
+        shortcut = conv(net, f"{b}_conv_expand{s_exp}", pre, w2, 1, stride, bias=False)
+        x = net.add(f"{b}_sum", "Eltwise", [y, shortcut])
+    _bn_scale(net, "last_bn_h", "last_scale_h", x)
+    fc7 = net.add("last_relu", "ReLU", x, "fc7")
+    # Extra feature maps, 10x10 down to 5x5.
+    x = fc7
+    extras = {}
+    for i, (mid, out, stride) in enumerate([(128, 256, 2), (64, 128, 2), (64, 128, 1),
+                                            (64, 128, 1)], 6):
+        x = relu(net, f"conv{i}_1_relu", conv(net, f"conv{i}_1_h", x, mid, 1))
+        x = relu(net, f"conv{i}_2_relu", conv(net, f"conv{i}_2_h", x, out, 3, stride, 1))
+        extras[i] = x
+    norm = net.add("conv4_3_norm", "Normalize", "layer_256_1_bn1",
+                   norm_param={"across_spatial": False, "scale_filler": constant(20),
+                               "channel_shared": False})
+    sources = [("conv4_3_norm", norm, 30, 60, [2], 8), ("fc7", fc7, 60, 111, [2, 3], 16),
+               ("conv6_2", extras[6], 111, 162, [2, 3], 32),
+               ("conv7_2", extras[7], 162, 213, [2, 3], 64),
+               ("conv8_2", extras[8], 213, 264, [2], 100),
+               ("conv9_2", extras[9], 264, 315, [2], 300)]
+    heads = [_ssd_head(net, prefix, src, 2, lo, hi, ratios, 3, step)
+             for prefix, src, lo, hi, ratios, step in sources]
+    _ssd_output(net, heads, 2, nms_top_k=400, keep_top_k=200, threshold=0.2, clip=True)
+    return net
+
+
+def mobilenet_ssd() -> Net:
+    """chuanqi305's MobileNet-SSD (VOC, 21 classes), the deploy file with
+    BatchNorm merged into the convolutions (every conv has a bias)."""
+    net = Net("MobileNet-SSD")
+    x = input_layer(net, 1, 3, 300, 300)
+    x = relu(net, "conv0/relu", conv(net, "conv0", x, 32, 3, 2, 1))
+    channels = 32
+    widths = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2)] + [(512, 1)] * 5 + \
+             [(1024, 2), (1024, 1)]
+    for i, (width, stride) in enumerate(widths, 1):
+        # depthwise 3x3 (group = channels), then pointwise 1x1
+        x = relu(net, f"conv{i}/dw/relu",
+                 conv(net, f"conv{i}/dw", x, channels, 3, stride, 1, group=channels))
+        x = relu(net, f"conv{i}/relu", conv(net, f"conv{i}", x, width, 1))
+        channels = width
+        if i == 11:
+            conv11 = x
+    conv13 = x
+    extras = {}
+    for i, (mid, out) in enumerate([(256, 512), (128, 256), (128, 256), (64, 128)], 14):
+        x = relu(net, f"conv{i}_1/relu", conv(net, f"conv{i}_1", x, mid, 1))
+        x = relu(net, f"conv{i}_2/relu", conv(net, f"conv{i}_2", x, out, 3, 2, 1))
+        extras[i] = x
+    sources = [("conv11", conv11, 60, None, [2]), ("conv13", conv13, 105, 150, [2, 3]),
+               ("conv14_2", extras[14], 150, 195, [2, 3]),
+               ("conv15_2", extras[15], 195, 240, [2, 3]),
+               ("conv16_2", extras[16], 240, 285, [2, 3]),
+               ("conv17_2", extras[17], 285, 300, [2, 3])]
+    heads = [_ssd_head(net, prefix, src, 21, lo, hi, ratios, 1)
+             for prefix, src, lo, hi, ratios in sources]
+    _ssd_output(net, heads, 21, nms_top_k=100, keep_top_k=100, threshold=0.3)
+    return net

@@ -25,6 +25,11 @@ from netdef.compile.instantiate import Step
 from netdef.frontend.graph import Node
 
 
+# Layer types whose output channels take a per-channel affine map into their
+# weights: Convolution and the fork spellings of depthwise convolution.
+_FOLDABLE = frozenset({"Convolution", "DepthwiseConvolution", "ConvolutionDepthwise"})
+
+
 class FusedConvolution:
     """A Convolution run with folded weights, optionally followed by ReLU."""
 
@@ -43,6 +48,12 @@ class FusedConvolution:
         self.blobs = []
 
     def forward(self, bottoms, tops):
+        if getattr(self.conv, "depthwise", False):
+            from netdef.layers import depthwise
+
+            # the depthwise kernel applies the ReLU to each plane it has just written
+            depthwise.forward(self.conv, bottoms, tops, self.relu_slope)
+            return
         self.conv.forward(bottoms, tops)
         if self.relu_slope is not None:
             from netdef.kernels.elementwise import relu
@@ -93,7 +104,8 @@ def fuse_for_inference(steps: list[Step], protected: set[str], log: list[str]) -
     i, folded, relus = 0, 0, 0
     while i < len(steps):
         step = steps[i]
-        if step.layer.type != "Convolution" or len(step.tops) != 1 or len(step.bottoms) != 1:
+        if (step.layer.type not in _FOLDABLE or len(step.tops) != 1
+                or len(step.bottoms) != 1):
             out.append(step)
             i += 1
             continue

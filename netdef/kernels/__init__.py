@@ -30,6 +30,8 @@ ALL_KERNELS: list[tuple[str, str]] = [
     ("lrn", "lrn_within_backward"),
     ("elementwise", "relu"),
     ("elementwise", "relu_backward"),
+    ("elementwise", "relu6"),
+    ("elementwise", "relu6_backward"),
     ("elementwise", "sigmoid"),
     ("elementwise", "sigmoid_backward"),
     ("elementwise", "tanh"),
@@ -65,6 +67,10 @@ ALL_KERNELS: list[tuple[str, str]] = [
     ("normalization", "mvn_backward"),
     ("softmax", "softmax"),
     ("softmax", "softmax_backward"),
+    ("detection", "nms_keep"),
+    ("depthwise", "depthwise_forward"),
+    ("depthwise", "depthwise_backward_data"),
+    ("depthwise", "depthwise_backward_weights"),
 ]
 
 

@@ -47,6 +47,8 @@ _ARGS = {
                                              _f(1, 3, 2, 2), 3, 1e-4, 0.75, _f(1, 3, 2, 2)),
     ("elementwise", "relu"): lambda: (_f(4), 0.0, _f(4)),
     ("elementwise", "relu_backward"): lambda: (_f(4), _f(4), 0.0, _f(4)),
+    ("elementwise", "relu6"): lambda: (_f(4), 0.0, _f(4)),
+    ("elementwise", "relu6_backward"): lambda: (_f(4), _f(4), 0.0, _f(4)),
     ("elementwise", "sigmoid"): _flat1(2),
     ("elementwise", "sigmoid_backward"): _flat1(3),
     ("elementwise", "tanh"): _flat1(2),
@@ -86,6 +88,14 @@ _ARGS = {
                                                 np.ones(2, np.float32), 1, _f(2, 3)),
     ("softmax", "softmax"): lambda: (_f(1, 3, 2), _f(1, 3, 2)),
     ("softmax", "softmax_backward"): lambda: (_f(1, 3, 2), _f(1, 3, 2), _f(1, 3, 2)),
+    ("detection", "nms_keep"): lambda: (_f(3, 4), _i(3), 0.45, 1.0, _i(3)),
+    ("depthwise", "depthwise_forward"): lambda: (_f(1, 2, 4, 4), _f(2, 3, 3), _f(2), 3, 3,
+                                                1, 1, 1, 1, 1, 1, 0, 0.0, _f(1, 2, 4, 4)),
+    ("depthwise", "depthwise_backward_data"): lambda: (_f(1, 2, 4, 4), _f(2, 3, 3), 3, 3,
+                                                      1, 1, 1, 1, 1, 1, _f(1, 2, 4, 4)),
+    ("depthwise", "depthwise_backward_weights"): lambda: (_f(1, 2, 4, 4), _f(1, 2, 4, 4),
+                                                         3, 3, 1, 1, 1, 1, 1, 1,
+                                                         _f(2, 3, 3)),
 }
 
 

@@ -460,3 +460,34 @@ def eltwise_max_backward(top_diff, mask, idx, bottom_diff):
     bf = bottom_diff.reshape(bottom_diff.size)
     for i in range(df.size):
         bf[i] = df[i] if mf[i] == idx else _ZERO
+
+
+_SIX = np.float32(6.0)
+
+
+@kernel
+def relu6(x, negative_slope, out):
+    """out = min(max(x, 0) + negative_slope * min(x, 0), 6) (the ReLU6 fork's
+    expression; NaN stays NaN)."""
+    xf = x.reshape(x.size)
+    of = out.reshape(out.size)
+    slope = np.float32(negative_slope)
+    for i in range(xf.size):
+        v = xf[i]
+        r = _pos(v) + slope * _neg(v)
+        of[i] = _SIX if _SIX < r else r
+
+
+@kernel
+def relu6_backward(x, top_diff, negative_slope, bottom_diff):
+    """dx = dy * ((x > 0) + negative_slope * (x <= 0)) * (x < 6): no gradient at
+    or above 6, the slope's at and below 0. ``x`` may be the top data of an
+    in-place ReLU6 when the slope is >= 0 (same signs, and y < 6 iff x < 6)."""
+    xf = x.reshape(x.size)
+    df = top_diff.reshape(top_diff.size)
+    bf = bottom_diff.reshape(bottom_diff.size)
+    slope = np.float32(negative_slope)
+    for i in range(xf.size):
+        v = xf[i]
+        gate = np.float32(v > _ZERO) + slope * np.float32(v <= _ZERO)
+        bf[i] = df[i] * gate * np.float32(v < _SIX)

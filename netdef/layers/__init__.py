@@ -2,6 +2,8 @@
 from netdef.layers import (  # noqa: F401  (imported for their @register side effects)
     data,
     dense,
+    detection,
+    depthwise,
     loss,
     neuron,
     normalization,

@@ -156,6 +156,30 @@ class ReLU(NeuronLayer):
         return self.negative_slope < 0
 
 
+@register("ReLU6")
+class ReLU6(NeuronLayer):
+    """y = min(max(x, 0) + negative_slope * min(x, 0), 6): ReLU capped at 6
+    (MobileNet v2), the ReLU6 fork's layer; relu6_param { negative_slope }
+    defaults to 0.
+
+    dx = dy * ((x > 0) + negative_slope * (x <= 0)) * (x < 6), the fork's
+    rule: the kink at 0 takes the slope, the kink at 6 passes nothing. As
+    for ReLU, in place the gate is read from y unless the slope is negative.
+    """
+
+    kernel_name = "relu6"
+    grad_kernel = "relu6_backward"
+
+    def setup(self, bottoms, tops):
+        self.negative_slope = float(self.param.relu6_param.negative_slope)
+
+    def kernel_args(self):
+        return (self.negative_slope,)
+
+    def reads_input(self):
+        return self.negative_slope < 0
+
+
 @register("ELU")
 class ELU(NeuronLayer):
     """y = x for x > 0, else alpha * (exp(x) - 1).

@@ -445,6 +445,51 @@ class Parameter(Layer):
 _ELTWISE = pb.EltwiseParameter
 
 
+@register("ShuffleChannel")
+class ShuffleChannel(Layer):
+    """ShuffleNet's channel shuffle (the ShuffleNet fork's layer): the C
+    channels, read as ``group`` rows of C/group, are written column by
+    column, so top channel j*group + i is bottom channel i*(C/group) + j.
+
+    shuffle_channel_param { group } (default 1: a copy); C must be a
+    multiple of group. Backward applies the inverse shuffle to the top
+    diff. May run in place (it then shuffles a copy).
+    """
+
+    num_bottoms = 1
+    num_tops = 1
+
+    def setup(self, bottoms, tops):
+        self.group = self.param.shuffle_channel_param.group
+        if self.group <= 0:
+            raise self.config_error(f"group must be positive, got {self.group}")
+
+    def reshape(self, bottoms, tops):
+        shape = bottoms[0].shape
+        self.require(len(shape) >= 2, "expects a bottom with a channel axis (N, C, ...)")
+        self.require(shape[1] % self.group == 0,
+                     f"{shape[1]} channels are not divisible by group {self.group}")
+        tops[0].reshape(shape)
+
+    def _grouped(self, a: np.ndarray, rows: int) -> np.ndarray:
+        """``a`` viewed as (N, rows, C/rows, spatial)."""
+        return a.reshape(a.shape[0], rows, a.shape[1] // rows, -1)
+
+    def _shuffle(self, src: np.ndarray, dst: np.ndarray, rows: int) -> None:
+        if _same_buffer(src, dst):
+            src = src.copy()
+        out = dst.reshape(dst.shape[0], dst.shape[1] // rows, rows, -1)
+        out[...] = self._grouped(src, rows).transpose(0, 2, 1, 3)
+
+    def forward(self, bottoms, tops):
+        self._shuffle(bottoms[0].data, tops[0].data, self.group)
+
+    def backward(self, tops, propagate_down, bottoms):
+        if propagate_down[0]:
+            # the inverse shuffle: the same move with C/group rows
+            self._shuffle(tops[0].diff, bottoms[0].diff, tops[0].shape[1] // self.group)
+
+
 @register("Eltwise")
 class Eltwise(Layer):
     """Combine same-shaped bottoms elementwise: PROD, SUM (default; optional

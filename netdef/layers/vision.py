@@ -295,6 +295,11 @@ class Convolution(_ConvBase):
     per bottom.
     """
 
+    def setup(self, bottoms, tops):
+        super().setup(bottoms, tops)
+        # group == channels: direct depthwise kernels (layers/depthwise.py), not GEMMs
+        self.depthwise = self.group == self.channels > 1
+
     def weight_shape(self):
         return (self.num_output, self.channels // self.group, self.win.kh, self.win.kw)
 
@@ -322,6 +327,9 @@ class Convolution(_ConvBase):
         return col
 
     def forward(self, bottoms, tops):
+        if self.depthwise:
+            from netdef.layers import depthwise
+            return depthwise.forward(self, bottoms, tops)
         g, m = self.group, self.num_output
         kdim = self.channels // g * self.win.kh * self.win.kw     # GEMM depth per group
         w = self.blobs[0].data.reshape(g, m // g, kdim)
@@ -344,6 +352,9 @@ class Convolution(_ConvBase):
                     self.remember_columns(i, x, n0, b)
 
     def backward(self, tops, propagate_down, bottoms):
+        if self.depthwise:
+            from netdef.layers import depthwise
+            return depthwise.backward(self, tops, propagate_down, bottoms)
         self.bias_backward(tops)
         want_w = self.param_propagate_down[0]
         g, m, c = self.group, self.num_output, self.channels

@@ -1,0 +1,245 @@
+"""Depthwise convolution: every output plane reads one input plane.
+
+Output channel ``m`` of an (N, C, H, W) input convolves input channel
+``m // k`` with its own (kh, kw) filter, ``k = M // C`` being the channel
+multiplier (Caffe's Convolution with ``group == C`` and ``num_output = k*C``).
+There is no channel sum, so an im2col + GEMM per group would be a GEMM of
+depth kh*kw: these kernels loop over the taps directly instead. Output
+(oh, ow), tap (i, j) reads the input pixel
+
+    ih = oh * sh - ph + i * dh,    iw = ow * sw - pw + j * dw
+
+(zero where that lies in the padding). Each output row is accumulated tap
+by tap over the range of ``ow`` whose pixel is inside the image, so the
+inner loop has no branch (and vectorises when sw == 1).
+
+Dtypes (one compiled signature per kernel): arrays float32 C-contiguous,
+input/output 4-D, weights 3-D (M, kh, kw), bias 1-D (M,); geometry
+arguments Python ints in im2col's order (kh, kw, ph, pw, sh, sw, dh, dw).
+Each kernel runs on the calling thread below PARALLEL_MIN_WORK elements of
+work and is parallel over planes above it.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from netdef.kernels._jit import PARALLEL_MIN_WORK, kernel, parallel_kernel, prange
+
+
+@kernel
+def _span(offset, stride, size, out):
+    """[lo, hi): the output positions o with 0 <= offset + o*stride < size."""
+    lo = 0
+    if offset < 0:
+        lo = (-offset + stride - 1) // stride
+    hi = 0
+    if size - 1 - offset >= 0:
+        hi = (size - 1 - offset) // stride + 1
+    lo = min(lo, out)
+    hi = min(max(hi, lo), out)
+    return lo, hi
+
+
+@kernel
+def _pad_plane(x, n, c, ph, pw, sw, buf):
+    """Plane (n, c) of x, zero-padded and split by column phase for stride sw:
+    buf[p, r, q] = padded[r, q*sw + p]. Tap column ow*sw + t of the padded
+    plane is then buf[t % sw, r, ow + t // sw]: unit stride in ow.
+
+    Only the image's pixels are written: the padding is in the same places
+    for every plane, so ``buf`` is zeroed once, when it is allocated.
+    """
+    height, width = x.shape[2], x.shape[3]
+    cols = buf.shape[2]
+    for ih in range(height):
+        src = x[n, c, ih]
+        for p in range(sw):
+            lo, hi = _span(p - pw, sw, width, cols)
+            dst = buf[p, ih + ph][lo:hi]
+            part = src[lo * sw + p - pw:]
+            if sw == 1:
+                for q in range(hi - lo):
+                    dst[q] = part[q]
+            else:
+                for q in range(hi - lo):
+                    dst[q] = part[q * sw]
+
+
+@kernel
+def _forward_plane(buf, w, b, m, kh, kw, sh, sw, dh, dw, relu, slope, out):
+    """out (OH, OW) = b + the taps of w[m] over the phase-split plane buf,
+    then (relu != 0) max(v, 0) + slope * min(v, 0). Every read is a
+    unit-stride view (indices start at 0), which is what vectorises."""
+    out_h, out_w = out.shape
+    if kh == 3 and kw == 3:
+        # MobileNet's case written out: nine multiply-adds per output
+        w0, w1, w2 = w[m, 0, 0], w[m, 0, 1], w[m, 0, 2]
+        w3, w4, w5 = w[m, 1, 0], w[m, 1, 1], w[m, 1, 2]
+        w6, w7, w8 = w[m, 2, 0], w[m, 2, 1], w[m, 2, 2]
+        p1, q1 = dw % sw, dw // sw
+        p2, q2 = (2 * dw) % sw, (2 * dw) // sw
+        for oh in range(out_h):
+            # rows first, then 1-D slices: Numba types those as contiguous
+            r = oh * sh
+            a0, a1, a2 = buf[0, r], buf[p1, r][q1:], buf[p2, r][q2:]
+            r += dh
+            b0, b1, b2 = buf[0, r], buf[p1, r][q1:], buf[p2, r][q2:]
+            r += dh
+            c0, c1, c2 = buf[0, r], buf[p1, r][q1:], buf[p2, r][q2:]
+            row = out[oh]
+            for ow in range(out_w):
+                row[ow] = (b + w0 * a0[ow] + w1 * a1[ow] + w2 * a2[ow]
+                           + w3 * b0[ow] + w4 * b1[ow] + w5 * b2[ow]
+                           + w6 * c0[ow] + w7 * c1[ow] + w8 * c2[ow])
+    else:
+        for oh in range(out_h):
+            row = out[oh]
+            for ow in range(out_w):
+                row[ow] = b
+            for i in range(kh):
+                for j in range(kw):
+                    tap = w[m, i, j]
+                    src = buf[(j * dw) % sw, oh * sh + i * dh][(j * dw) // sw:]
+                    for ow in range(out_w):
+                        row[ow] += tap * src[ow]
+    if relu != 0:
+        for oh in range(out_h):
+            row = out[oh]
+            for ow in range(out_w):
+                v = row[ow]
+                row[ow] = (v if v > 0.0 else 0.0) + slope * (v if v < 0.0 else 0.0)
+
+
+@kernel
+def _forward_planes(x, w, bias, first, last, kh, kw, ph, pw, sh, sw, dh, dw, relu, slope, y):
+    """Output planes first .. last-1 (numbered n*M + m); each input plane is
+    padded once into a work buffer and serves its k output planes."""
+    n_out = y.shape[1]
+    k = n_out // x.shape[1]
+    cols = (x.shape[3] + 2 * pw + sw - 1) // sw
+    buf = np.zeros((sw, x.shape[2] + 2 * ph, cols), np.float32)
+    padded = -1
+    for t in range(first, last):
+        n, m = t // n_out, t % n_out
+        src = n * x.shape[1] + m // k
+        if src != padded:
+            _pad_plane(x, n, m // k, ph, pw, sw, buf)
+            padded = src
+        _forward_plane(buf, w, bias[m], m, kh, kw, sh, sw, dh, dw, relu, np.float32(slope),
+                       y[n, m])
+
+
+# work (multiply-adds) per parallel task: enough that the buffer allocation
+# and the task hand-out are small next to it
+_CHUNK_WORK = 1 << 14
+
+
+@parallel_kernel
+def depthwise_forward(x, w, bias, kh, kw, ph, pw, sh, sw, dh, dw, relu, slope, y):
+    """y (N, M, OH, OW) = depthwise convolution of x (N, C, H, W) with w
+    (M, kh, kw), plus bias (M,) per output channel (pass zeros for none);
+    then, if ``relu`` (an int) is not 0, ReLU with negative slope ``slope``
+    (a float), so that a fused ReLU costs no second pass over y.
+
+    Every element of y is written. Parallel over blocks of output planes.
+    """
+    planes = y.shape[0] * y.shape[1]
+    per_plane = y.shape[2] * y.shape[3] * kh * kw
+    if planes * per_plane < PARALLEL_MIN_WORK:
+        _forward_planes(x, w, bias, 0, planes, kh, kw, ph, pw, sh, sw, dh, dw, relu, slope, y)
+    else:
+        size = max(1, min(_CHUNK_WORK // max(per_plane, 1), planes // 8))
+        chunks = (planes + size - 1) // size
+        for t in prange(chunks):
+            _forward_planes(x, w, bias, t * size, min(planes, (t + 1) * size),
+                            kh, kw, ph, pw, sh, sw, dh, dw, relu, slope, y)
+
+
+@kernel
+def _data_plane(dy, w, n, c, kh, kw, ph, pw, sh, sw, dh, dw, dx):
+    width = dx.shape[3]
+    height = dx.shape[2]
+    out_h, out_w = dy.shape[2], dy.shape[3]
+    k = dy.shape[1] // dx.shape[1]
+    plane = dx[n, c]
+    for ih in range(height):
+        for iw in range(width):
+            plane[ih, iw] = 0.0
+    for m in range(c * k, (c + 1) * k):
+        for oh in range(out_h):
+            grad = dy[n, m, oh]
+            for i in range(kh):
+                ih = oh * sh - ph + i * dh
+                if ih < 0 or ih >= height:
+                    continue
+                dst = plane[ih]
+                for j in range(kw):
+                    tap = w[m, i, j]
+                    off = j * dw - pw
+                    lo, hi = _span(off, sw, width, out_w)
+                    if sw == 1:
+                        for ow in range(lo, hi):
+                            dst[off + ow] += tap * grad[ow]
+                    else:
+                        for ow in range(lo, hi):
+                            dst[off + ow * sw] += tap * grad[ow]
+
+
+@parallel_kernel
+def depthwise_backward_data(dy, w, kh, kw, ph, pw, sh, sw, dh, dw, dx):
+    """dx (N, C, H, W) = gradient of the loss w.r.t. the input, from dy
+    (N, M, OH, OW) and w (M, kh, kw). dx is overwritten (taps that fell in
+    the padding are dropped). Parallel over the N*C input planes.
+    """
+    planes = dx.shape[0] * dx.shape[1]
+    if dy.size * kh * kw < PARALLEL_MIN_WORK:
+        for t in range(planes):
+            _data_plane(dy, w, t // dx.shape[1], t % dx.shape[1],
+                        kh, kw, ph, pw, sh, sw, dh, dw, dx)
+    else:
+        for t in prange(planes):
+            _data_plane(dy, w, t // dx.shape[1], t % dx.shape[1],
+                        kh, kw, ph, pw, sh, sw, dh, dw, dx)
+
+
+@kernel
+def _weight_channel(x, dy, m, kh, kw, ph, pw, sh, sw, dh, dw, dw_out):
+    height, width = x.shape[2], x.shape[3]
+    out_h, out_w = dy.shape[2], dy.shape[3]
+    c = m // (dy.shape[1] // x.shape[1])
+    for i in range(kh):
+        for j in range(kw):
+            off = j * dw - pw
+            lo, hi = _span(off, sw, width, out_w)
+            acc = 0.0                       # float64: long sums over images and rows
+            for n in range(x.shape[0]):
+                for oh in range(out_h):
+                    ih = oh * sh - ph + i * dh
+                    if ih < 0 or ih >= height:
+                        continue
+                    src = x[n, c, ih]
+                    grad = dy[n, m, oh]
+                    part = np.float32(0.0)
+                    if sw == 1:
+                        for ow in range(lo, hi):
+                            part += grad[ow] * src[off + ow]
+                    else:
+                        for ow in range(lo, hi):
+                            part += grad[ow] * src[off + ow * sw]
+                    acc += part
+            dw_out[m, i, j] += acc
+
+
+@parallel_kernel
+def depthwise_backward_weights(x, dy, kh, kw, ph, pw, sh, sw, dh, dw, dw_out):
+    """dw_out (M, kh, kw) += gradient of the loss w.r.t. the weights, from the
+    input x (N, C, H, W) and dy (N, M, OH, OW), summed over images
+    (Caffe's rule: parameter gradients accumulate). Parallel over channels.
+    """
+    channels = dw_out.shape[0]
+    if dy.size * kh * kw < PARALLEL_MIN_WORK:
+        for m in range(channels):
+            _weight_channel(x, dy, m, kh, kw, ph, pw, sh, sw, dh, dw, dw_out)
+    else:
+        for m in prange(channels):
+            _weight_channel(x, dy, m, kh, kw, ph, pw, sh, sw, dh, dw, dw_out)
