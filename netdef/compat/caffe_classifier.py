@@ -12,6 +12,24 @@ from netdef.compat import caffe_io as io
 from netdef.compat.caffe import TEST, Net
 
 
+def input_transformer(net, mean, input_scale, raw_scale, channel_swap) -> io.Transformer:
+    """The Transformer of pycaffe's Classifier and Detector for the net's
+    first input: HWC -> CHW, then whichever of mean, scales and channel
+    swap were given."""
+    in_ = net.inputs[0]
+    transformer = io.Transformer({in_: net._net.blobs[in_].shape})
+    transformer.set_transpose(in_, (2, 0, 1))
+    if mean is not None:
+        transformer.set_mean(in_, mean)
+    if input_scale is not None:
+        transformer.set_input_scale(in_, input_scale)
+    if raw_scale is not None:
+        transformer.set_raw_scale(in_, raw_scale)
+    if channel_swap is not None:
+        transformer.set_channel_swap(in_, channel_swap)
+    return transformer
+
+
 class Classifier(Net):
     """``Classifier(model_file, pretrained_file, image_dims=None, mean=None,
     input_scale=None, raw_scale=None, channel_swap=None)``."""
@@ -21,16 +39,7 @@ class Classifier(Net):
         super().__init__(model_file, pretrained_file, TEST)
         in_ = self.inputs[0]
         shape = self._net.blobs[in_].shape
-        self.transformer = io.Transformer({in_: shape})
-        self.transformer.set_transpose(in_, (2, 0, 1))
-        if mean is not None:
-            self.transformer.set_mean(in_, mean)
-        if input_scale is not None:
-            self.transformer.set_input_scale(in_, input_scale)
-        if raw_scale is not None:
-            self.transformer.set_raw_scale(in_, raw_scale)
-        if channel_swap is not None:
-            self.transformer.set_channel_swap(in_, channel_swap)
+        self.transformer = input_transformer(self, mean, input_scale, raw_scale, channel_swap)
         self.crop_dims = np.array(shape[2:])
         self.image_dims = np.array(image_dims if image_dims is not None else self.crop_dims)
 
