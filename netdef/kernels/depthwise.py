@@ -24,20 +24,8 @@ from __future__ import annotations
 import numpy as np
 
 from netdef.kernels._jit import PARALLEL_MIN_WORK, kernel, parallel_kernel, prange
-
-
-@kernel
-def _span(offset, stride, size, out):
-    """[lo, hi): the output positions o with 0 <= offset + o*stride < size."""
-    lo = 0
-    if offset < 0:
-        lo = (-offset + stride - 1) // stride
-    hi = 0
-    if size - 1 - offset >= 0:
-        hi = (size - 1 - offset) // stride + 1
-    lo = min(lo, out)
-    hi = min(max(hi, lo), out)
-    return lo, hi
+# [lo, hi) of the output positions whose tap lands inside the image: im2col's
+from netdef.kernels.im2col import _valid_range as _span
 
 
 @kernel
