@@ -1,5 +1,6 @@
 """Layer families. Importing this package registers every layer type."""
 from netdef.layers import (  # noqa: F401  (imported for their @register side effects)
+    combine,
     data,
     dense,
     detection,
@@ -10,6 +11,7 @@ from netdef.layers import (  # noqa: F401  (imported for their @register side ef
     normalization,
     pooling,
     python,
+    softmax,
     structure,
     vision,
 )

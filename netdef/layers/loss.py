@@ -27,7 +27,7 @@ import numpy as np
 
 from netdef.errors import GraphError, InputError
 from netdef.layers.base import Layer, register
-from netdef.layers.structure import softmax_forward
+from netdef.layers.softmax import softmax_forward
 from netdef.frontend.schema import pb
 
 FLT_MIN = float(np.finfo(np.float32).tiny)   # SoftmaxWithLoss: log(max(p, FLT_MIN))

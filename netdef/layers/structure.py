@@ -1,17 +1,18 @@
-"""Structure layers: move, copy, join, split, reshape and reduce blobs.
+"""Structure layers: move, copy, join, split and reshape blobs.
 
-Concat, Slice, Split, Flatten, Reshape, Crop, Tile, Silence and Parameter
-change where numbers live, not their values; Eltwise and Reduction combine
-values elementwise or along axes; Softmax and ArgMax turn scores into
-probabilities or indices. Shape rules and their error messages follow
-Caffe's, with every bottom's shape in the message.
+Concat, Slice, Split, Flatten, Reshape, Crop, Tile, Silence, Parameter and
+ShuffleChannel change where numbers live, not their values (Eltwise and
+Reduction are in layers/combine.py, Softmax and ArgMax in
+layers/softmax.py). Shape rules and their error messages follow Caffe's,
+with every bottom's shape in the message.
 
 Backward follows Caffe's rules: the data movers move the top diffs back
 (Split adds up its tops' diffs, Crop fills zeros outside its window;
 Silence's bottoms and Crop's reference bottom get zero gradients);
-Parameter adds the top diff to its blob's diff; ArgMax has no gradient. Views (Split, Flatten, Reshape,
-a single-bottom Concat or single-top Slice) copy nothing when the net has
-already made the diffs one array.
+Parameter adds the top diff to its blob's diff; ShuffleChannel undoes its
+shuffle. Views (Split, Flatten, Reshape, a single-bottom Concat or
+single-top Slice) copy nothing when the net has already made the diffs
+one array.
 """
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ import math
 import numpy as np
 
 from netdef.layers.base import Layer, register, shape_text
-from netdef.frontend.schema import pb
 
 
 def _same_buffer(a: np.ndarray, b: np.ndarray) -> bool:
@@ -442,9 +442,6 @@ class Parameter(Layer):
             blob.diff[...] += tops[0].diff.reshape(blob.shape)
 
 
-_ELTWISE = pb.EltwiseParameter
-
-
 @register("ShuffleChannel")
 class ShuffleChannel(Layer):
     """ShuffleNet's channel shuffle (the ShuffleNet fork's layer): the C
@@ -488,287 +485,3 @@ class ShuffleChannel(Layer):
         if propagate_down[0]:
             # the inverse shuffle: the same move with C/group rows
             self._shuffle(tops[0].diff, bottoms[0].diff, tops[0].shape[1] // self.group)
-
-
-@register("Eltwise")
-class Eltwise(Layer):
-    """Combine same-shaped bottoms elementwise: PROD, SUM (default; optional
-    ``coeff`` per bottom) or MAX (keeps the arg-max ``mask`` for backward).
-
-    Caffe breaks a tie between the first two bottoms towards bottom 1 and
-    later ties towards the earlier bottom; the kernels reproduce that.
-
-    Backward (dy the top diff): SUM dx_i = coeff_i dy; MAX dx_i = dy where
-    bottom i won, else 0; PROD dx_i = dy * (product of the other bottoms)
-    with ``stable_prod_grad`` (the default; exact with zeros), else Caffe's
-    dy * top / x_i (inf/NaN where x_i is 0). In place (top is bottom 0),
-    bottom 0's diff is the top diff, so it is written last; PROD then keeps
-    a copy of bottom 0's data for backward.
-    """
-
-    num_bottoms = (2, None)
-    num_tops = 1
-    kind = "elementwise"
-    # Set False by the compiler when nothing runs backward: forward then
-    # keeps no copy for it.
-    needs_backward = True
-
-    def setup(self, bottoms, tops):
-        p = self.param.eltwise_param
-        self.operation = p.operation
-        coeff = list(p.coeff)
-        if coeff and self.operation != _ELTWISE.SUM:
-            raise self.config_error("eltwise_param.coeff is only allowed with operation SUM")
-        if coeff and len(coeff) != len(bottoms):
-            raise self.config_error(f"{len(coeff)} coeff values for {len(bottoms)} bottoms; "
-                                    "give one per bottom")
-        self.coeff = [float(c) for c in coeff] or [1.0] * len(bottoms)
-        self.stable_prod_grad = bool(p.stable_prod_grad)
-        self.mask = None
-        self.saved_x0 = None
-
-    def reshape(self, bottoms, tops):
-        first = bottoms[0].shape
-        self.require(all(b.shape == first for b in bottoms), "all bottoms must have the same shape")
-        tops[0].reshape(first)
-
-    def forward(self, bottoms, tops):
-        from netdef.kernels import elementwise as k
-
-        out = tops[0].data
-        flat = [np.ascontiguousarray(b.data).reshape(-1) for b in bottoms]
-        dst = out.reshape(-1)
-        if self.operation == _ELTWISE.SUM:
-            # scale input 0 first: in place, top is bottom 0
-            np.multiply(flat[0], np.float32(self.coeff[0]), out=dst)
-            for x, c in zip(flat[1:], self.coeff[1:], strict=True):
-                k.eltwise_sum(dst, x, c)
-        elif self.operation == _ELTWISE.PROD:
-            if tops[0] is bottoms[0] and self.needs_backward:
-                self.saved_x0 = flat[0].copy()    # about to be overwritten by the product
-            dst[...] = flat[0]
-            for x in flat[1:]:
-                k.eltwise_prod(dst, x)
-        else:
-            self.mask = np.empty(dst.size, np.int64)
-            k.eltwise_max_pair(flat[0], flat[1], dst, self.mask)
-            for i, x in enumerate(flat[2:], start=2):
-                k.eltwise_max(dst, x, self.mask, i)
-
-    def backward(self, tops, propagate_down, bottoms):
-        from netdef.kernels import elementwise as k
-
-        dy = tops[0].diff.reshape(-1)
-        # Bottom 0 last: in place, its diff is the top diff.
-        order = [i for i in range(1, len(bottoms)) if propagate_down[i]]
-        order += [0] if propagate_down[0] else []
-        if self.operation == _ELTWISE.SUM:
-            for i in order:
-                dx = bottoms[i].diff.reshape(-1)
-                if self.coeff[i] == 1.0:
-                    _copy_unless_shared(dy, dx)
-                else:
-                    np.multiply(dy, np.float32(self.coeff[i]), out=dx)
-        elif self.operation == _ELTWISE.MAX:
-            for i in order:
-                k.eltwise_max_backward(dy, self.mask, i, bottoms[i].diff.reshape(-1))
-        else:
-            xs = [b.data.reshape(-1) for b in bottoms]
-            if tops[0] is bottoms[0]:
-                xs[0] = self.saved_x0
-            for i in order:
-                self._prod_backward(k, xs, i, tops[0].data.reshape(-1), dy,
-                                    bottoms[i].diff.reshape(-1))
-
-    def _prod_backward(self, k, xs, i, y, dy, dx) -> None:
-        if not self.stable_prod_grad:
-            with np.errstate(divide="ignore", invalid="ignore"):   # 0 / 0 is NaN, as Caffe
-                np.multiply(np.divide(y, xs[i]), dy, out=dx)        # top / x_i, then * dy
-            return
-        others = [x for j, x in enumerate(xs) if j != i]
-        if _same_buffer(dx, dy):       # in place, bottom 0: dy is already in dx
-            for x in others:
-                k.eltwise_prod(dx, x)
-            return
-        dx[...] = others[0]            # Caffe's order: the others' product, then * dy
-        for x in others[1:]:
-            k.eltwise_prod(dx, x)
-        k.eltwise_prod(dx, dy)
-
-
-_REDUCTION = pb.ReductionParameter
-
-
-@register("Reduction")
-class Reduction(Layer):
-    """Reduce axes ``axis`` .. last to one number: SUM, ASUM (sum of |x|),
-    SUMSQ (sum of x^2) or MEAN, times ``coeff``. The top's shape is the
-    bottom's first ``axis`` dims (axis 0, the default: a scalar, shape ())."""
-
-    num_bottoms = 1
-    num_tops = 1
-    kind = "elementwise"
-
-    def reshape(self, bottoms, tops):
-        shape = bottoms[0].shape
-        self.axis = self.canonical_axis(self.param.reduction_param.axis, len(shape))
-        tops[0].reshape(shape[:self.axis])
-
-    def forward(self, bottoms, tops):
-        p = self.param.reduction_param
-        x = bottoms[0].data
-        rows = x.reshape(math.prod(x.shape[:self.axis]), -1).astype(np.float64)
-        if p.operation == _REDUCTION.ASUM:
-            rows = np.abs(rows)
-        elif p.operation == _REDUCTION.SUMSQ:
-            rows = rows * rows
-        result = rows.sum(axis=1)
-        if p.operation == _REDUCTION.MEAN:
-            result /= max(rows.shape[1], 1)
-        tops[0].data[...] = (result * p.coeff).reshape(tops[0].shape)
-
-    def backward(self, tops, propagate_down, bottoms):
-        """dx = g * (1, sign(x), 2x or 1/dim) with g = coeff * dy of x's row
-        (sign(0) = 0, as Caffe)."""
-        if not propagate_down[0]:
-            return
-        p = self.param.reduction_param
-        shape = bottoms[0].shape
-        outer, dim = math.prod(shape[:self.axis]), math.prod(shape[self.axis:])
-        coeff = np.float32(p.coeff)
-        if p.operation == _REDUCTION.MEAN:
-            coeff /= np.float32(max(dim, 1))
-        g = tops[0].diff.reshape(outer, 1) * coeff
-        dx = bottoms[0].diff.reshape(outer, dim)
-        x = bottoms[0].data.reshape(outer, dim)
-        if p.operation == _REDUCTION.ASUM:
-            np.multiply(np.sign(x), g, out=dx)
-        elif p.operation == _REDUCTION.SUMSQ:
-            np.multiply(x, 2 * g, out=dx)
-        else:
-            dx[...] = g
-
-
-@register("Softmax")
-class Softmax(Layer):
-    """y = exp(x - max) / sum(exp(x - max)) along ``axis`` (softmax_param.axis, default 1)."""
-
-    num_bottoms = 1
-    num_tops = 1
-    kind = "softmax"
-
-    def reshape(self, bottoms, tops):
-        shape = bottoms[0].shape
-        self.axis = self.canonical_axis(self.param.softmax_param.axis, len(shape))
-        tops[0].reshape(shape)
-
-    def forward(self, bottoms, tops):
-        softmax_forward(bottoms[0].data, tops[0].data, self.axis)
-
-    def backward(self, tops, propagate_down, bottoms):
-        """dx = y * (dy - sum(dy * y)) along the axis (from the top's data, so
-        in place works: there the top diff is the bottom diff)."""
-        if propagate_down[0]:
-            softmax_backward(tops[0].data, tops[0].diff, bottoms[0].diff, self.axis)
-
-
-def _as3(a: np.ndarray, axis: int) -> np.ndarray:
-    shape = a.shape
-    return np.ascontiguousarray(a).reshape(
-        math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:]))
-
-
-def softmax_forward(x: np.ndarray, out: np.ndarray, axis: int) -> None:
-    """Softmax of ``x`` along ``axis`` into ``out`` (may be ``x``); shared with the losses."""
-    from netdef.kernels.softmax import softmax
-
-    x3 = _as3(x, axis)
-    if out.flags.c_contiguous:
-        softmax(x3, out.reshape(x3.shape))
-    else:
-        tmp = np.empty(x3.shape, np.float32)
-        softmax(x3, tmp)
-        out[...] = tmp.reshape(x.shape)
-
-
-def softmax_backward(y: np.ndarray, dy: np.ndarray, dx: np.ndarray, axis: int) -> None:
-    """dx = y * (dy - sum(dy * y)) along ``axis``, y the softmax output; ``dx``
-    may be ``dy``. Shared with the losses."""
-    from netdef.kernels.softmax import softmax_backward as kernel
-
-    y3, dy3 = _as3(y, axis), _as3(dy, axis)
-    if dx.flags.c_contiguous:
-        kernel(y3, dy3, dx.reshape(y3.shape))
-    else:
-        tmp = np.empty(y3.shape, np.float32)
-        kernel(y3, dy3, tmp)
-        dx[...] = tmp.reshape(y.shape)
-
-
-@register("ArgMax")
-class ArgMax(Layer):
-    """Indices of the ``top_k`` largest values (ties: the larger index first, as Caffe).
-
-    Without ``axis``: per item of axis 0, over all its other values; the top
-    is (N, 1, top_k) -- (N, 2, top_k) with ``out_max_val`` (indices, then
-    values) -- padded with 1s to the bottom's rank, Caffe's exact shape.
-    With ``axis``: that axis becomes top_k; ``out_max_val`` then outputs the
-    values instead of the indices. No gradient (as Caffe): backward raises
-    only when asked for the bottom's.
-    """
-
-    num_bottoms = 1
-    num_tops = 1
-    kind = "output"
-    # Not differentiable: force_backward asks no gradient of the bottom.
-    no_force_backward = (0,)
-
-    def setup(self, bottoms, tops):
-        p = self.param.argmax_param
-        self.top_k, self.out_max_val = int(p.top_k), bool(p.out_max_val)
-        self.has_axis = p.HasField("axis")
-        if self.top_k < 1:
-            raise self.config_error("argmax_param.top_k must be at least 1")
-
-    def reshape(self, bottoms, tops):
-        shape = bottoms[0].shape
-        if self.has_axis:
-            self.axis = self.canonical_axis(self.param.argmax_param.axis, len(shape))
-            self.require(self.top_k <= shape[self.axis],
-                         f"top_k ({self.top_k}) is larger than axis {self.axis} (size "
-                         f"{shape[self.axis]})")
-            top = list(shape)
-            top[self.axis] = self.top_k
-        else:
-            per_item = math.prod(shape[1:])
-            self.require(self.top_k <= per_item, f"top_k ({self.top_k}) is larger than the "
-                                                 f"{per_item} values per item")
-            top = [1] * max(len(shape), 3)
-            top[0], top[1], top[2] = shape[0], 2 if self.out_max_val else 1, self.top_k
-        tops[0].reshape(top)
-
-    def forward(self, bottoms, tops):
-        x = bottoms[0].data
-        if self.has_axis:
-            idx, val = _top_k_last(np.moveaxis(x, self.axis, -1), self.top_k)
-            result = val if self.out_max_val else idx
-            tops[0].data[...] = np.moveaxis(result, -1, self.axis)
-            return
-        n = x.shape[0]
-        idx, val = _top_k_last(x.reshape(n, -1), self.top_k)
-        out = tops[0].data.reshape(n, -1)
-        out[:, :self.top_k] = idx
-        if self.out_max_val:
-            out[:, self.top_k:] = val
-
-    def backward(self, tops, propagate_down, bottoms):
-        _no_gradient(self, propagate_down)
-
-
-def _top_k_last(x: np.ndarray, k: int):
-    """Indices and values of the k largest entries along the last axis, largest
-    first, ties broken towards the larger index (Caffe's pair ordering)."""
-    dim = x.shape[-1]
-    rev = x[..., ::-1]
-    order = np.argsort(-rev, axis=-1, kind="stable")[..., :k]
-    return dim - 1 - order, np.take_along_axis(rev, order, axis=-1)
