@@ -125,7 +125,9 @@ def plan_memory(steps, external: set[int], keep: set[int], reuse: bool = True,
     arena = _place(buffers) if reuse else _place_disjoint(buffers)
     plan = MemoryPlan(buffers, arena, naive)
     mib = 4 / 2**20
-    plan.log.append(f"memory: {len(buffers)} activation buffers, {naive * mib:.1f} MiB -> "
+    grads = sum(buf.diff for buf in buffers)
+    kinds = f"{len(buffers) - grads} activation" + (f" and {grads} gradient" if grads else "")
+    plan.log.append(f"memory: {kinds} buffers, {naive * mib:.1f} MiB -> "
                     f"{arena * mib:.1f} MiB" + ("" if reuse else " (reuse off)"))
     return plan
 
