@@ -36,9 +36,10 @@ def input_shape(text: str) -> tuple[str, tuple[int, ...]]:
         shape = tuple(int(d) for d in dims.split(","))
     except ValueError:
         shape = ()
-    if not sep or not name or not shape or any(d < 0 for d in shape):
+    # positive, and no axis past int32: the prototxt's sizes get the same rule
+    if not sep or not name or not shape or any(d <= 0 or d > 2**31 - 1 for d in shape):
         raise argparse.ArgumentTypeError(
-            f"expected NAME=N,C,H,W with non-negative integers, got {text!r}")
+            f"expected NAME=N,C,H,W with positive integers, got {text!r}")
     return name, shape
 
 
