@@ -241,7 +241,6 @@ def test_time_a_training_net_reports_backward_per_layer(files, capsys):
 @pytest.mark.parametrize("value", ["data=0,3,8,8", "data=1,-3,8,8", "data=1,3,8,4294967296",
                                    "data=", "=1,2", "data=a,b"])
 def test_input_shape_sizes_are_validated(files, capsys, value):
-    with pytest.raises(SystemExit) as stop:
-        main(["summary", str(files["deploy"]), "--input-shape", value])
-    assert stop.value.code == 2
-    assert "expected NAME=N,C,H,W with positive integers" in capsys.readouterr().err
+    code, out, err = run(capsys, "summary", files["deploy"], "--input-shape", value)
+    assert code == 2 and out == ""
+    assert "expected NAME=N,C,H,W with positive integers" in err
