@@ -21,7 +21,7 @@ import numpy as np
 
 from netdef.frontend.schema import pb
 from netdef.layers.base import filler_param, register
-from netdef.layers.vision import Convolution, _conv_axis, read_window
+from netdef.layers.vision import Convolution, read_conv_geometry
 
 
 def forward(layer, bottoms, tops, relu_slope: float | None = None) -> None:
@@ -83,12 +83,7 @@ class DepthwiseConvolution(Convolution):
 
     def setup(self, bottoms, tops):
         cp = self.param.convolution_param
-        if len(tops) != len(bottoms):
-            raise self.config_error(f"needs one top per bottom, got {len(bottoms)} bottoms "
-                                    f"and {len(tops)} tops")
-        shape = bottoms[0].shape
-        self.axis = _conv_axis(self, cp, shape)
-        self.win = read_window(self, cp)
+        shape = read_conv_geometry(self, cp, bottoms, tops)
         c = self.channels = shape[self.axis]
         self.group = cp.group if cp.HasField("group") else c
         self.num_output = cp.num_output if cp.HasField("num_output") else c

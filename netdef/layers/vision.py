@@ -171,6 +171,19 @@ def _conv_axis(layer: Layer, msg, shape: tuple) -> int:
     return axis
 
 
+def read_conv_geometry(layer: Layer, cp, bottoms, tops) -> tuple:
+    """What every convolution reads first: one top per bottom, the channel
+    axis and the window (set on the layer as ``axis`` and ``win``). Returns
+    bottom 0's shape."""
+    if len(tops) != len(bottoms):
+        raise layer.config_error(f"needs one top per bottom, got {len(bottoms)} bottoms "
+                                 f"and {len(tops)} tops")
+    shape = bottoms[0].shape
+    layer.axis = _conv_axis(layer, cp, shape)
+    layer.win = read_window(layer, cp)
+    return shape
+
+
 class _ConvBase(Layer):
     """Parameters, weights and shape rules shared by Convolution and Deconvolution.
 
@@ -191,12 +204,7 @@ class _ConvBase(Layer):
 
     def setup(self, bottoms, tops):
         cp = self.param.convolution_param
-        if len(tops) != len(bottoms):
-            raise self.config_error(f"needs one top per bottom, got {len(bottoms)} bottoms "
-                                    f"and {len(tops)} tops")
-        shape = bottoms[0].shape
-        self.axis = _conv_axis(self, cp, shape)
-        self.win = read_window(self, cp)
+        shape = read_conv_geometry(self, cp, bottoms, tops)
         self.channels, self.num_output, self.group = shape[self.axis], cp.num_output, cp.group
         if self.num_output <= 0:
             raise self.config_error("num_output must be set to a positive number",
