@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from netdef.kernels._jit import PARALLEL_MIN_WORK, kernel, parallel_kernel, prange
+from netdef.kernels._jit import helper, parallel_kernel, prange
 # [lo, hi) of the output positions whose tap lands inside the image: im2col's
 from netdef.kernels.im2col import _valid_range as _span
 
 
-@kernel
+@helper
 def _pad_plane(x, n, c, ph, pw, sw, buf):
     """Plane (n, c) of x, zero-padded and split by column phase for stride sw:
     buf[p, r, q] = padded[r, q*sw + p]. Tap column ow*sw + t of the padded
@@ -53,7 +53,7 @@ def _pad_plane(x, n, c, ph, pw, sw, buf):
                     dst[q] = part[q * sw]
 
 
-@kernel
+@helper
 def _forward_plane(buf, w, b, m, kh, kw, sh, sw, dh, dw, relu, slope, out):
     """out (OH, OW) = b + the taps of w[m] over the phase-split plane buf,
     then (relu != 0) max(v, 0) + slope * min(v, 0). Every read is a
@@ -98,7 +98,7 @@ def _forward_plane(buf, w, b, m, kh, kw, sh, sw, dh, dw, relu, slope, out):
                 row[ow] = (v if v > 0.0 else 0.0) + slope * (v if v < 0.0 else 0.0)
 
 
-@kernel
+@helper
 def _forward_planes(x, w, bias, first, last, kh, kw, ph, pw, sh, sw, dh, dw, relu, slope, y):
     """Output planes first .. last-1 (numbered n*M + m); each input plane is
     padded once into a work buffer and serves its k output planes."""
@@ -133,17 +133,14 @@ def depthwise_forward(x, w, bias, kh, kw, ph, pw, sh, sw, dh, dw, relu, slope, y
     """
     planes = y.shape[0] * y.shape[1]
     per_plane = y.shape[2] * y.shape[3] * kh * kw
-    if planes * per_plane < PARALLEL_MIN_WORK:
-        _forward_planes(x, w, bias, 0, planes, kh, kw, ph, pw, sh, sw, dh, dw, relu, slope, y)
-    else:
-        size = max(1, min(_CHUNK_WORK // max(per_plane, 1), planes // 8))
-        chunks = (planes + size - 1) // size
-        for t in prange(chunks):
-            _forward_planes(x, w, bias, t * size, min(planes, (t + 1) * size),
-                            kh, kw, ph, pw, sh, sw, dh, dw, relu, slope, y)
+    size = max(1, min(_CHUNK_WORK // max(per_plane, 1), planes // 8))
+    chunks = (planes + size - 1) // size
+    for t in prange(chunks):
+        _forward_planes(x, w, bias, t * size, min(planes, (t + 1) * size),
+                        kh, kw, ph, pw, sh, sw, dh, dw, relu, slope, y)
 
 
-@kernel
+@helper
 def _data_plane(dy, w, n, c, kh, kw, ph, pw, sh, sw, dh, dw, dx):
     width = dx.shape[3]
     height = dx.shape[2]
@@ -180,17 +177,12 @@ def depthwise_backward_data(dy, w, kh, kw, ph, pw, sh, sw, dh, dw, dx):
     the padding are dropped). Parallel over the N*C input planes.
     """
     planes = dx.shape[0] * dx.shape[1]
-    if dy.size * kh * kw < PARALLEL_MIN_WORK:
-        for t in range(planes):
-            _data_plane(dy, w, t // dx.shape[1], t % dx.shape[1],
-                        kh, kw, ph, pw, sh, sw, dh, dw, dx)
-    else:
-        for t in prange(planes):
-            _data_plane(dy, w, t // dx.shape[1], t % dx.shape[1],
-                        kh, kw, ph, pw, sh, sw, dh, dw, dx)
+    for t in prange(planes):
+        _data_plane(dy, w, t // dx.shape[1], t % dx.shape[1],
+                    kh, kw, ph, pw, sh, sw, dh, dw, dx)
 
 
-@kernel
+@helper
 def _weight_channel(x, dy, m, kh, kw, ph, pw, sh, sw, dh, dw, dw_out):
     height, width = x.shape[2], x.shape[3]
     out_h, out_w = dy.shape[2], dy.shape[3]
@@ -225,9 +217,5 @@ def depthwise_backward_weights(x, dy, kh, kw, ph, pw, sh, sw, dh, dw, dw_out):
     (Caffe's rule: parameter gradients accumulate). Parallel over channels.
     """
     channels = dw_out.shape[0]
-    if dy.size * kh * kw < PARALLEL_MIN_WORK:
-        for m in range(channels):
-            _weight_channel(x, dy, m, kh, kw, ph, pw, sh, sw, dh, dw, dw_out)
-    else:
-        for m in prange(channels):
-            _weight_channel(x, dy, m, kh, kw, ph, pw, sh, sw, dh, dw, dw_out)
+    for m in prange(channels):
+        _weight_channel(x, dy, m, kh, kw, ph, pw, sh, sw, dh, dw, dw_out)

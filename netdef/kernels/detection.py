@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from netdef.kernels._jit import kernel
+from netdef.kernels._jit import helper, kernel
 
 
-@kernel
+@helper
 def _area(x0, y0, x1, y1):
     # An inverted box (xmax < xmin or ymax < ymin) has no area, as in the fork.
     if x1 < x0 or y1 < y0:

@@ -28,19 +28,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from netdef.kernels._jit import kernel
+from netdef.kernels._jit import helper, kernel
 
 _ONE = np.float32(1.0)
 _ZERO = np.float32(0.0)
 
 
-@kernel
+@helper
 def _pos(v):
     """std::max(v, 0): NaN propagates, -0.0 is kept."""
     return _ZERO if v < _ZERO else v
 
 
-@kernel
+@helper
 def _neg(v):
     """std::min(v, 0): NaN propagates, -0.0 is kept."""
     return _ZERO if _ZERO < v else v

@@ -23,10 +23,10 @@ on the calling thread below PARALLEL_MIN_WORK column entries.
 """
 from __future__ import annotations
 
-from netdef.kernels._jit import PARALLEL_MIN_WORK, kernel, parallel_kernel, prange
+from netdef.kernels._jit import helper, parallel_kernel, prange
 
 
-@kernel
+@helper
 def _valid_range(offset, stride, size, out):
     """[lo, hi): the output positions o with 0 <= offset + o*stride < size."""
     lo = 0
@@ -40,7 +40,7 @@ def _valid_range(offset, stride, size, out):
     return lo, hi
 
 
-@kernel
+@helper
 def _im2col_row(x, n, r, kh, kw, ph, pw, sh, sw, dh, dw, out_h, out_w, col, first):
     """Row r of image n's columns, written at col[r, first:first + out_h*out_w]."""
     height, width = x.shape[2], x.shape[3]
@@ -80,19 +80,13 @@ def im2col(x, n0, kh, kw, ph, pw, sh, sw, dh, dw, out_h, out_w, col):
     rows = x.shape[1] * kh * kw
     plane = out_h * out_w
     tasks = (col.shape[1] // plane) * rows
-    if tasks * plane < PARALLEL_MIN_WORK:
-        for t in range(tasks):
-            b = t // rows
-            _im2col_row(x, n0 + b, t % rows, kh, kw, ph, pw, sh, sw, dh, dw, out_h, out_w,
-                        col, b * plane)
-    else:
-        for t in prange(tasks):
-            b = t // rows
-            _im2col_row(x, n0 + b, t % rows, kh, kw, ph, pw, sh, sw, dh, dw, out_h, out_w,
-                        col, b * plane)
+    for t in prange(tasks):
+        b = t // rows
+        _im2col_row(x, n0 + b, t % rows, kh, kw, ph, pw, sh, sw, dh, dw, out_h, out_w,
+                    col, b * plane)
 
 
-@kernel
+@helper
 def _col2im_channel(col, first, n, c, kh, kw, ph, pw, sh, sw, dh, dw, out_h, out_w, img):
     height, width = img.shape[2], img.shape[3]
     for y in range(height):
@@ -130,13 +124,7 @@ def col2im(col, n0, kh, kw, ph, pw, sh, sw, dh, dw, out_h, out_w, img):
     n_ch = img.shape[1]
     plane = out_h * out_w
     tasks = (col.shape[1] // plane) * n_ch
-    if col.size < PARALLEL_MIN_WORK:
-        for t in range(tasks):
-            b = t // n_ch
-            _col2im_channel(col, b * plane, n0 + b, t % n_ch, kh, kw, ph, pw, sh, sw, dh, dw,
-                            out_h, out_w, img)
-    else:
-        for t in prange(tasks):
-            b = t // n_ch
-            _col2im_channel(col, b * plane, n0 + b, t % n_ch, kh, kw, ph, pw, sh, sw, dh, dw,
-                            out_h, out_w, img)
+    for t in prange(tasks):
+        b = t // n_ch
+        _col2im_channel(col, b * plane, n0 + b, t % n_ch, kh, kw, ph, pw, sh, sw, dh, dw,
+                        out_h, out_w, img)

@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from netdef.kernels._jit import PARALLEL_MIN_WORK, kernel, parallel_kernel, prange
+from netdef.kernels._jit import helper, parallel_kernel, prange
 
 
-@kernel
+@helper
 def _pow_neg_beta(s, nb, three_quarters):
     """s ** nb (nb = -beta).  beta = 0.75, the default and the value in every
     published LRN net, is 1/sqrt(s*sqrt(s)): ~35x faster than powf because
@@ -40,7 +40,7 @@ def _pow_neg_beta(s, nb, three_quarters):
     return s ** nb
 
 
-@kernel
+@helper
 def _across_row(x, n, h, size, alpha, beta, k, out, scale):
     n_ch, width = x.shape[1], x.shape[3]
     pre = (size - 1) // 2
@@ -69,15 +69,11 @@ def lrn_across_forward(x, size, alpha, beta, k, out, scale):
     """Cross-channel LRN of x (N, C, H, W) into out and scale."""
     height = x.shape[2]
     rows = x.shape[0] * height
-    if x.size * size < PARALLEL_MIN_WORK:
-        for p in range(rows):
-            _across_row(x, p // height, p % height, size, alpha, beta, k, out, scale)
-    else:
-        for p in prange(rows):
-            _across_row(x, p // height, p % height, size, alpha, beta, k, out, scale)
+    for p in prange(rows):
+        _across_row(x, p // height, p % height, size, alpha, beta, k, out, scale)
 
 
-@kernel
+@helper
 def _across_back_row(x, out, scale, top_diff, n, h, size, alpha, beta, bottom_diff):
     n_ch, width = x.shape[1], x.shape[3]
     pre = (size - 1) // 2
@@ -109,17 +105,12 @@ def lrn_across_backward(x, out, scale, top_diff, size, alpha, beta, bottom_diff)
     """
     height = x.shape[2]
     rows = x.shape[0] * height
-    if x.size * size < PARALLEL_MIN_WORK:
-        for p in range(rows):
-            _across_back_row(x, out, scale, top_diff, p // height, p % height, size, alpha,
-                             beta, bottom_diff)
-    else:
-        for p in prange(rows):
-            _across_back_row(x, out, scale, top_diff, p // height, p % height, size, alpha,
-                             beta, bottom_diff)
+    for p in prange(rows):
+        _across_back_row(x, out, scale, top_diff, p // height, p % height, size, alpha,
+                         beta, bottom_diff)
 
 
-@kernel
+@helper
 def _within_plane(x, n, c, size, alpha, beta, out, scale):
     height, width = x.shape[2], x.shape[3]
     pad = (size - 1) // 2
@@ -153,15 +144,11 @@ def lrn_within_forward(x, size, alpha, beta, out, scale):
     """Within-channel LRN of x (N, C, H, W); ``size`` must be odd."""
     n_ch = x.shape[1]
     planes = x.shape[0] * n_ch
-    if x.size * size * size < PARALLEL_MIN_WORK:
-        for p in range(planes):
-            _within_plane(x, p // n_ch, p % n_ch, size, alpha, beta, out, scale)
-    else:
-        for p in prange(planes):
-            _within_plane(x, p // n_ch, p % n_ch, size, alpha, beta, out, scale)
+    for p in prange(planes):
+        _within_plane(x, p // n_ch, p % n_ch, size, alpha, beta, out, scale)
 
 
-@kernel
+@helper
 def _within_back_plane(x, out, scale, top_diff, n, c, size, alpha, beta, bottom_diff):
     height, width = x.shape[2], x.shape[3]
     pad = (size - 1) // 2
@@ -208,11 +195,6 @@ def lrn_within_backward(x, out, scale, top_diff, size, alpha, beta, bottom_diff)
     """
     n_ch = x.shape[1]
     planes = x.shape[0] * n_ch
-    if x.size * size * size < PARALLEL_MIN_WORK:
-        for p in range(planes):
-            _within_back_plane(x, out, scale, top_diff, p // n_ch, p % n_ch, size, alpha, beta,
-                               bottom_diff)
-    else:
-        for p in prange(planes):
-            _within_back_plane(x, out, scale, top_diff, p // n_ch, p % n_ch, size, alpha, beta,
-                               bottom_diff)
+    for p in prange(planes):
+        _within_back_plane(x, out, scale, top_diff, p // n_ch, p % n_ch, size, alpha, beta,
+                           bottom_diff)

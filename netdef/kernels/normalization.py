@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from netdef.kernels._jit import PARALLEL_MIN_WORK, kernel, parallel_kernel, prange
+from netdef.kernels._jit import helper, kernel, parallel_kernel, prange
 
 
 @kernel
@@ -32,7 +32,7 @@ def channel_affine(x3, scale, shift, out3):
                 out3[o, c, i] = x3[o, c, i] * a + b
 
 
-@kernel
+@helper
 def _mean_var_channel(x3, c, mean, var):
     outer, inner = x3.shape[0], x3.shape[2]
     count = outer * inner
@@ -56,15 +56,11 @@ def channel_mean_var(x3, mean, var):
 
     mean and var are float32 (C,) outputs.  Parallel over channels.
     """
-    if x3.size < PARALLEL_MIN_WORK:
-        for c in range(x3.shape[1]):
-            _mean_var_channel(x3, c, mean, var)
-    else:
-        for c in prange(x3.shape[1]):
-            _mean_var_channel(x3, c, mean, var)
+    for c in prange(x3.shape[1]):
+        _mean_var_channel(x3, c, mean, var)
 
 
-@kernel
+@helper
 def _sums_channel(x3, dy3, c, dot, total):
     outer, inner = x3.shape[0], x3.shape[2]
     acc = 0.0
@@ -87,12 +83,8 @@ def channel_sums(x3, dy3, dot, total):
     Accumulates in float64; dot and total are float32 (C,) outputs, written
     (not added to).  Parallel over channels.
     """
-    if x3.size < PARALLEL_MIN_WORK:
-        for c in range(x3.shape[1]):
-            _sums_channel(x3, dy3, c, dot, total)
-    else:
-        for c in prange(x3.shape[1]):
-            _sums_channel(x3, dy3, c, dot, total)
+    for c in prange(x3.shape[1]):
+        _sums_channel(x3, dy3, c, dot, total)
 
 
 @kernel
@@ -112,7 +104,7 @@ def channel_affine_pair(a3, scale_a, b3, scale_b, shift, out3):
                 out3[o, c, i] = a3[o, c, i] * sa + b3[o, c, i] * sb + t
 
 
-@kernel
+@helper
 def _mvn_row(x2, r, normalize_variance, eps, out2, denom):
     cols = x2.shape[1]
     acc = 0.0
@@ -143,15 +135,11 @@ def mvn_forward(x2, normalize_variance, eps, out2, denom):
     divisor, sqrt(var) + eps (1 without normalize_variance), which backward
     needs.  Parallel over rows.
     """
-    if x2.size < PARALLEL_MIN_WORK:
-        for r in range(x2.shape[0]):
-            _mvn_row(x2, r, normalize_variance, eps, out2, denom)
-    else:
-        for r in prange(x2.shape[0]):
-            _mvn_row(x2, r, normalize_variance, eps, out2, denom)
+    for r in prange(x2.shape[0]):
+        _mvn_row(x2, r, normalize_variance, eps, out2, denom)
 
 
-@kernel
+@helper
 def _mvn_backward_row(y2, dy2, denom, r, normalize_variance, dx2):
     cols = y2.shape[1]
     acc = 0.0
@@ -181,9 +169,5 @@ def mvn_backward(y2, dy2, denom, normalize_variance, dx2):
     (it treats sqrt(var) + eps as sqrt(var)); for Caffe's eps of 1e-9 the
     difference is invisible.  dx2 may be dy2.  Parallel over rows.
     """
-    if y2.size < PARALLEL_MIN_WORK:
-        for r in range(y2.shape[0]):
-            _mvn_backward_row(y2, dy2, denom, r, normalize_variance, dx2)
-    else:
-        for r in prange(y2.shape[0]):
-            _mvn_backward_row(y2, dy2, denom, r, normalize_variance, dx2)
+    for r in prange(y2.shape[0]):
+        _mvn_backward_row(y2, dy2, denom, r, normalize_variance, dx2)

@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from netdef.kernels._jit import PARALLEL_MIN_WORK, kernel, parallel_kernel, prange
+from netdef.kernels._jit import helper, parallel_kernel, prange
 
 # Caffe seeds the running maximum with -FLT_MAX (not -inf), so a window of
 # only -inf or NaN yields -FLT_MAX with argmax -1.
 _FLT_LOWEST = np.float32(-3.4028234663852886e38)
 
 
-@kernel
+@helper
 def _max_plane(x, n, c, kh, kw, sh, sw, ph, pw, out, argmax):
     height, width = x.shape[2], x.shape[3]
     for oh in range(out.shape[2]):
@@ -59,15 +59,11 @@ def max_pool_forward(x, kh, kw, sh, sw, ph, pw, out, argmax):
     """
     n_ch = x.shape[1]
     planes = x.shape[0] * n_ch
-    if x.size < PARALLEL_MIN_WORK:
-        for p in range(planes):
-            _max_plane(x, p // n_ch, p % n_ch, kh, kw, sh, sw, ph, pw, out, argmax)
-    else:
-        for p in prange(planes):
-            _max_plane(x, p // n_ch, p % n_ch, kh, kw, sh, sw, ph, pw, out, argmax)
+    for p in prange(planes):
+        _max_plane(x, p // n_ch, p % n_ch, kh, kw, sh, sw, ph, pw, out, argmax)
 
 
-@kernel
+@helper
 def _valid_range(size, out_size, stride, pad, offset):
     """Outputs o in [lo, hi) whose tap o*stride - pad + offset is in [0, size)."""
     lo = max(0, -((offset - pad) // stride))        # ceil((pad - offset) / stride)
@@ -75,7 +71,7 @@ def _valid_range(size, out_size, stride, pad, offset):
     return lo, max(lo, hi)
 
 
-@kernel
+@helper
 def _max_plane_values(x, n, c, kh, kw, sh, sw, ph, pw, out):
     # Max is separable: a pass along rows into ``rows`` and one down columns.
     # Each pass loops over one window offset at a time with the output index
@@ -111,15 +107,11 @@ def max_pool_forward_values(x, kh, kw, sh, sw, ph, pw, out):
     """max_pool_forward without the argmax, for plans that never run backward."""
     n_ch = x.shape[1]
     planes = x.shape[0] * n_ch
-    if x.size < PARALLEL_MIN_WORK:
-        for p in range(planes):
-            _max_plane_values(x, p // n_ch, p % n_ch, kh, kw, sh, sw, ph, pw, out)
-    else:
-        for p in prange(planes):
-            _max_plane_values(x, p // n_ch, p % n_ch, kh, kw, sh, sw, ph, pw, out)
+    for p in prange(planes):
+        _max_plane_values(x, p // n_ch, p % n_ch, kh, kw, sh, sw, ph, pw, out)
 
 
-@kernel
+@helper
 def _max_back_plane(top_diff, argmax, n, c, bottom_diff):
     width = bottom_diff.shape[3]
     for h in range(bottom_diff.shape[2]):
@@ -141,15 +133,11 @@ def max_pool_backward(top_diff, argmax, bottom_diff):
     """
     n_ch = bottom_diff.shape[1]
     planes = bottom_diff.shape[0] * n_ch
-    if bottom_diff.size < PARALLEL_MIN_WORK:
-        for p in range(planes):
-            _max_back_plane(top_diff, argmax, p // n_ch, p % n_ch, bottom_diff)
-    else:
-        for p in prange(planes):
-            _max_back_plane(top_diff, argmax, p // n_ch, p % n_ch, bottom_diff)
+    for p in prange(planes):
+        _max_back_plane(top_diff, argmax, p // n_ch, p % n_ch, bottom_diff)
 
 
-@kernel
+@helper
 def _ave_plane(x, n, c, kh, kw, sh, sw, ph, pw, out):
     height, width = x.shape[2], x.shape[3]
     for oh in range(out.shape[2]):
@@ -176,15 +164,11 @@ def ave_pool_forward(x, kh, kw, sh, sw, ph, pw, out):
     """out[n,c,oh,ow] = sum of the clipped window / Caffe's pool_size."""
     n_ch = x.shape[1]
     planes = x.shape[0] * n_ch
-    if x.size < PARALLEL_MIN_WORK:
-        for p in range(planes):
-            _ave_plane(x, p // n_ch, p % n_ch, kh, kw, sh, sw, ph, pw, out)
-    else:
-        for p in prange(planes):
-            _ave_plane(x, p // n_ch, p % n_ch, kh, kw, sh, sw, ph, pw, out)
+    for p in prange(planes):
+        _ave_plane(x, p // n_ch, p % n_ch, kh, kw, sh, sw, ph, pw, out)
 
 
-@kernel
+@helper
 def _ave_back_plane(top_diff, n, c, kh, kw, sh, sw, ph, pw, bottom_diff):
     height, width = bottom_diff.shape[2], bottom_diff.shape[3]
     for h in range(height):
@@ -212,9 +196,5 @@ def ave_pool_backward(top_diff, kh, kw, sh, sw, ph, pw, bottom_diff):
     """bottom_diff (overwritten): each top gradient / pool_size spread over its window."""
     n_ch = bottom_diff.shape[1]
     planes = bottom_diff.shape[0] * n_ch
-    if bottom_diff.size < PARALLEL_MIN_WORK:
-        for p in range(planes):
-            _ave_back_plane(top_diff, p // n_ch, p % n_ch, kh, kw, sh, sw, ph, pw, bottom_diff)
-    else:
-        for p in prange(planes):
-            _ave_back_plane(top_diff, p // n_ch, p % n_ch, kh, kw, sh, sw, ph, pw, bottom_diff)
+    for p in prange(planes):
+        _ave_back_plane(top_diff, p // n_ch, p % n_ch, kh, kw, sh, sw, ph, pw, bottom_diff)

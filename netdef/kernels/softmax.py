@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from netdef.kernels._jit import PARALLEL_MIN_WORK, kernel, parallel_kernel, prange
+from netdef.kernels._jit import helper, kernel, parallel_kernel, prange
 
 _BLOCK = 512
 
 
-@kernel
+@helper
 def _softmax_task(x3, o, j0, j1, out3):
     n_ch = x3.shape[1]
     # one small scratch row per task: first the running max, then the sum
@@ -48,14 +48,9 @@ def softmax(x3, out3):
     """out3 = exp(x3 - max_c x3) / sum_c exp(x3 - max_c x3), over axis 1."""
     outer, inner = x3.shape[0], x3.shape[2]
     nblk = (inner + _BLOCK - 1) // _BLOCK
-    if x3.size < PARALLEL_MIN_WORK:
-        for p in range(outer * nblk):
-            j0 = (p % nblk) * _BLOCK
-            _softmax_task(x3, p // nblk, j0, min(j0 + _BLOCK, inner), out3)
-    else:
-        for p in prange(outer * nblk):
-            j0 = (p % nblk) * _BLOCK
-            _softmax_task(x3, p // nblk, j0, min(j0 + _BLOCK, inner), out3)
+    for p in prange(outer * nblk):
+        j0 = (p % nblk) * _BLOCK
+        _softmax_task(x3, p // nblk, j0, min(j0 + _BLOCK, inner), out3)
 
 
 @kernel
