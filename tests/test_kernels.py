@@ -190,6 +190,13 @@ POOL_CASES = [
     pytest.param(2, 2, 9, 10, 2, 4, 0, True, id="stride>kernel-empty-window"),
     pytest.param(1, 2, 10, 9, (3, 2), (2, 3), (1, 1), True, id="asymmetric"),
     pytest.param(2, 3, 7, 6, (7, 6), 1, 0, True, id="global"),
+    # the 3-tap fast paths of max_pool_forward_values: stride 2, 1 and other,
+    # with border windows (pad), a ceil-mode overhang, and parallel-size calls
+    pytest.param(2, 40, 27, 27, 3, 2, 0, True, id="3x3s2-parallel"),
+    pytest.param(1, 4, 14, 15, 3, 1, 1, True, id="3x3s1-pad"),
+    pytest.param(1, 3, 16, 17, 3, 3, 1, True, id="3x3s3-pad"),
+    pytest.param(1, 2, 10, 12, 3, 2, 2, True, id="3x3s2-pad2-overhang"),
+    pytest.param(1, 2, 10, 12, (3, 2), (2, 1), (0, 1), False, id="3x2-mixed"),
 ]
 
 
@@ -603,6 +610,21 @@ def test_warmup_compiles_every_kernel_once():
         # every call in this file used the documented types: one signature each
         multi = {k: v for k, v in kernels.compiled_signatures().items() if len(v) != 1}
         assert not multi
+
+
+def test_max_pool_values_3x3_fast_path_keeps_caffe_nan_rule():
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((1, 2, 9, 9)).astype(np.float32)
+    x[0, 0, ::2, 1::3] = np.nan
+    x[0, 1, 2:5, 2:5] = np.nan                  # window (1, 1) is all NaN
+    x[0, 1, 0, 0] = -np.inf
+    out = np.empty((1, 2, 4, 4), np.float32)
+    want = np.empty_like(out)
+    pooling.max_pool_forward_values(x, 3, 3, 2, 2, 0, 0, out)
+    pooling.max_pool_forward(x, 3, 3, 2, 2, 0, 0, want, np.empty(out.shape, np.int64))
+    np.testing.assert_array_equal(out, want)
+    assert not np.isnan(out).any()
+    assert out[0, 1, 1, 1] == np.float32(-3.4028234663852886e38)
 
 
 def test_max_pool_values_only_keeps_caffe_nan_rule():

@@ -31,12 +31,15 @@ _FOLDABLE = frozenset({"Convolution", "DepthwiseConvolution", "ConvolutionDepthw
 
 
 class FusedConvolution:
-    """A Convolution run with folded weights, optionally followed by ReLU."""
+    """A Convolution run with folded weights, optionally followed by ReLU,
+    and as Winograd F(4x4, 3x3) when its geometry allows (layers/winograd.py)."""
 
     shares_data = False
     kind = "conv"
 
     def __init__(self, conv, weight: np.ndarray, bias: np.ndarray, relu_slope, names):
+        from netdef.layers import winograd
+
         self.conv = copy.copy(conv)           # shares geometry and column buffer
         self.conv.blobs = [Blob(weight.shape), Blob(bias.shape)]
         self.conv.blobs[0].data = weight
@@ -46,8 +49,16 @@ class FusedConvolution:
         self.name = "+".join(names)
         self.type = "Convolution"
         self.blobs = []
+        self.winograd = (winograd.WinogradWeights(weight, conv.group)
+                         if conv.type == "Convolution" and winograd.eligible(conv) else None)
 
     def forward(self, bottoms, tops):
+        if self.winograd is not None:
+            from netdef.layers import winograd
+
+            winograd.forward(self.conv, self.winograd, self.conv.blobs[1].data,
+                             self.relu_slope, bottoms, tops)
+            return
         if getattr(self.conv, "depthwise", False):
             from netdef.layers import depthwise
 
@@ -101,7 +112,7 @@ def fuse_for_inference(steps: list[Step], protected: set[str], log: list[str]) -
         for t in step.tops:
             writer[id(t)] = k
     out: list[Step] = []
-    i, folded, relus = 0, 0, 0
+    i, folded, relus, winograds = 0, 0, 0, 0
     while i < len(steps):
         step = steps[i]
         if (step.layer.type not in _FOLDABLE or len(step.tops) != 1
@@ -132,7 +143,8 @@ def fuse_for_inference(steps: list[Step], protected: set[str], log: list[str]) -
             top = nxt.tops[0]
             j += 1
         if len(chain) == 1:
-            out.append(step)
+            out.append(_as_winograd(step) or step)
+            winograds += out[-1] is not step
             i += 1
             continue
         w = conv.blobs[0].data.astype(np.float64)
@@ -144,9 +156,24 @@ def fuse_for_inference(steps: list[Step], protected: set[str], log: list[str]) -
         node = Node(fused.name, "Convolution", list(step.node.bottoms), [top.name],
                     step.node.param, step.node.where)
         out.append(Step(node, fused, list(step.bottoms), [top]))
+        winograds += fused.winograd is not None
         folded += sum(s.layer.type != "ReLU" for s in chain[1:])
         relus += relu_slope is not None
         i = j
     log.append(f"fuse: folded {folded} BatchNorm/Scale layers into convolutions, "
-               f"{relus} ReLUs applied in the convolution step")
+               f"{relus} ReLUs applied in the convolution step, "
+               f"{winograds} 3x3 convolutions run as Winograd F(4x4, 3x3)")
     return out
+
+
+def _as_winograd(step: Step) -> Step | None:
+    """A lone eligible 3x3 Convolution as a Winograd step (same name and blobs)."""
+    from netdef.layers import winograd
+
+    conv = step.layer
+    if conv.type != "Convolution" or not winograd.eligible(conv):
+        return None
+    bias = (conv.blobs[1].data if conv.bias_term
+            else np.zeros(conv.num_output, np.float32))
+    fused = FusedConvolution(conv, conv.blobs[0].data, bias, None, [step.name])
+    return Step(step.node, fused, list(step.bottoms), list(step.tops))

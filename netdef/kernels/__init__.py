@@ -71,6 +71,8 @@ ALL_KERNELS: list[tuple[str, str]] = [
     ("depthwise", "depthwise_forward"),
     ("depthwise", "depthwise_backward_data"),
     ("depthwise", "depthwise_backward_weights"),
+    ("winograd", "winograd_input"),
+    ("winograd", "winograd_output"),
 ]
 
 

