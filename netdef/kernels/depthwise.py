@@ -27,6 +27,8 @@ from netdef.kernels._jit import helper, parallel_kernel, prange
 # [lo, hi) of the output positions whose tap lands inside the image: im2col's
 from netdef.kernels.im2col import _valid_range as _span
 
+_ZERO = np.float32(0)       # keeps the fused ReLU's selects in float32
+
 
 @helper
 def _pad_plane(x, n, c, ph, pw, sw, buf):
@@ -48,9 +50,45 @@ def _pad_plane(x, n, c, ph, pw, sw, buf):
             if sw == 1:
                 for q in range(hi - lo):
                     dst[q] = part[q]
+            elif sw == 2:       # a literal stride: LLVM vectorises it with shuffles
+                for q in range(hi - lo):
+                    dst[q] = part[2 * q]
             else:
                 for q in range(hi - lo):
                     dst[q] = part[q * sw]
+
+
+@helper
+def _forward_plane_3x3s1(buf, w, b, m, relu, slope, out, wide):
+    """``_forward_plane`` for a 3x3 kernel, stride 1, dilation 1 (most of
+    MobileNet's depthwise layers). The padded plane is read flat: output
+    (oh, ow) is computed at wide[oh * cols + ow], whose nine taps are the
+    flat plane at that index plus i * cols + j. So one loop runs over the
+    whole plane instead of one short loop per row (the planes are as small
+    as 7x7), and the valid columns of each row are copied out afterwards."""
+    out_h, out_w = out.shape
+    cols = buf.shape[2]
+    flat = buf[0].reshape(buf.shape[1] * cols)
+    w0, w1, w2 = w[m, 0, 0], w[m, 0, 1], w[m, 0, 2]
+    w3, w4, w5 = w[m, 1, 0], w[m, 1, 1], w[m, 1, 2]
+    w6, w7, w8 = w[m, 2, 0], w[m, 2, 1], w[m, 2, 2]
+    a0, a1, a2 = flat, flat[1:], flat[2:]
+    b0, b1, b2 = flat[cols:], flat[cols + 1:], flat[cols + 2:]
+    c0, c1, c2 = flat[2 * cols:], flat[2 * cols + 1:], flat[2 * cols + 2:]
+    # the last row's two junk columns would read past the plane: stop before them
+    for q in range((out_h - 1) * cols + out_w):
+        wide[q] = (b + w0 * a0[q] + w1 * a1[q] + w2 * a2[q]
+                   + w3 * b0[q] + w4 * b1[q] + w5 * b2[q]
+                   + w6 * c0[q] + w7 * c1[q] + w8 * c2[q])
+    for oh in range(out_h):
+        row, src = out[oh], wide[oh * cols:]
+        if relu != 0:
+            for ow in range(out_w):
+                v = src[ow]
+                row[ow] = (v if v > 0 else _ZERO) + slope * (v if v < 0 else _ZERO)
+        else:
+            for ow in range(out_w):
+                row[ow] = src[ow]
 
 
 @helper
@@ -75,10 +113,18 @@ def _forward_plane(buf, w, b, m, kh, kw, sh, sw, dh, dw, relu, slope, out):
             r += dh
             c0, c1, c2 = buf[0, r], buf[p1, r][q1:], buf[p2, r][q2:]
             row = out[oh]
-            for ow in range(out_w):
-                row[ow] = (b + w0 * a0[ow] + w1 * a1[ow] + w2 * a2[ow]
-                           + w3 * b0[ow] + w4 * b1[ow] + w5 * b2[ow]
-                           + w6 * c0[ow] + w7 * c1[ow] + w8 * c2[ow])
+            if relu != 0:       # the ReLU in the same pass: y is written once
+                for ow in range(out_w):
+                    v = (b + w0 * a0[ow] + w1 * a1[ow] + w2 * a2[ow]
+                         + w3 * b0[ow] + w4 * b1[ow] + w5 * b2[ow]
+                         + w6 * c0[ow] + w7 * c1[ow] + w8 * c2[ow])
+                    row[ow] = (v if v > 0 else _ZERO) + slope * (v if v < 0 else _ZERO)
+            else:
+                for ow in range(out_w):
+                    row[ow] = (b + w0 * a0[ow] + w1 * a1[ow] + w2 * a2[ow]
+                               + w3 * b0[ow] + w4 * b1[ow] + w5 * b2[ow]
+                               + w6 * c0[ow] + w7 * c1[ow] + w8 * c2[ow])
+        return
     else:
         for oh in range(out_h):
             row = out[oh]
@@ -106,6 +152,8 @@ def _forward_planes(x, w, bias, first, last, kh, kw, ph, pw, sh, sw, dh, dw, rel
     k = n_out // x.shape[1]
     cols = (x.shape[3] + 2 * pw + sw - 1) // sw
     buf = np.zeros((sw, x.shape[2] + 2 * ph, cols), np.float32)
+    flat = kh == 3 and kw == 3 and sh == 1 and sw == 1 and dh == 1 and dw == 1
+    wide = np.empty(y.shape[2] * cols if flat else 0, np.float32)
     padded = -1
     for t in range(first, last):
         n, m = t // n_out, t % n_out
@@ -113,8 +161,11 @@ def _forward_planes(x, w, bias, first, last, kh, kw, ph, pw, sh, sw, dh, dw, rel
         if src != padded:
             _pad_plane(x, n, m // k, ph, pw, sw, buf)
             padded = src
-        _forward_plane(buf, w, bias[m], m, kh, kw, sh, sw, dh, dw, relu, np.float32(slope),
-                       y[n, m])
+        if flat:
+            _forward_plane_3x3s1(buf, w, bias[m], m, relu, np.float32(slope), y[n, m], wide)
+        else:
+            _forward_plane(buf, w, bias[m], m, kh, kw, sh, sw, dh, dw, relu,
+                           np.float32(slope), y[n, m])
 
 
 # work (multiply-adds) per parallel task: enough that the buffer allocation

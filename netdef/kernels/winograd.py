@@ -75,57 +75,68 @@ def _input_channel(x, n0, c, ph, pw, tiles_h, tiles_w, v, line, strip, rows):
 
     Each of the 6 input rows the tile row reads is copied into ``line``
     (zero-filled outside the image) and de-interleaved by column phase into
-    ``strip``: strip[i, f, k] is column 4k + f, so that tile tx's six columns
-    4tx .. 4tx+5 are strip[i, 0..3, tx] and strip[i, 0..1, tx+1], each a
-    contiguous run over tx. B^T then runs down the rows and B across the
-    columns, both as loops over contiguous tiles, which vectorise."""
-    height, width = x.shape[2], x.shape[3]
+    ``strip``: strip[i, f*(tw+1) + k] is column 4k + f, so that tile tx's
+    six columns 4tx .. 4tx+5 are entries tx of the phases 0..3 and tx+1 of
+    phases 0..1, each a contiguous run over tx. B^T then runs down the rows
+    and B across the columns, both as loops over contiguous tiles.
+
+    Every inner loop indexes 1-D views from 0, so Numba knows the indices
+    are not negative and emits no wrap-around selects: that is what lets
+    LLVM vectorise them (3-4x on the pooling kernels, measured)."""
+    height = x.shape[2]
     per_image = tiles_h * tiles_w
     images = v.shape[2] // per_image
-    span = 4 * tiles_w + 2
-    lo = min(pw, span)                         # line columns left of the image
-    hi = max(lo, min(span, width + pw))        # ... and from where the image ends
     stride = tiles_w + 1
+    span = 4 * stride
+    lo = min(pw, span)                                   # line columns left of the image
+    hi = max(lo, min(span, x.shape[3] + pw))             # ... and from where it ends
     for b in range(images):
         for ty in range(tiles_h):
             for i in range(6):
+                out = strip[i]
                 yy = 4 * ty - ph + i
                 if yy < 0 or yy >= height:
-                    for q in range(4 * stride):
-                        strip[i, q] = 0
+                    for q in range(span):
+                        out[q] = 0
                     continue
+                src, inside = x[n0 + b, c, yy], line[lo:]
                 for q in range(lo):
                     line[q] = 0
-                for q in range(lo, hi):
-                    line[q] = x[n0 + b, c, yy, q - pw]
-                for q in range(hi, 4 * stride):
-                    line[q] = 0
+                for q in range(hi - lo):
+                    inside[q] = src[q]
+                tail = line[hi:]
+                for q in range(span - hi):
+                    tail[q] = 0
                 for f in range(4):
+                    phase, dst = line[f:], out[f * stride:]
                     for k in range(stride):
-                        strip[i, f * stride + k] = line[4 * k + f]
-            for q in range(4 * stride):
-                r0, r1, r2, r3, r4, r5 = _bt_rows(strip[0, q], strip[1, q], strip[2, q],
-                                                  strip[3, q], strip[4, q], strip[5, q])
-                rows[0, q] = r0
-                rows[1, q] = r1
-                rows[2, q] = r2
-                rows[3, q] = r3
-                rows[4, q] = r4
-                rows[5, q] = r5
+                        dst[k] = phase[4 * k]
+            d0, d1, d2, d3, d4, d5 = strip[0], strip[1], strip[2], strip[3], strip[4], strip[5]
+            o0, o1, o2, o3, o4, o5 = rows[0], rows[1], rows[2], rows[3], rows[4], rows[5]
+            for q in range(span):
+                r0, r1, r2, r3, r4, r5 = _bt_rows(d0[q], d1[q], d2[q], d3[q], d4[q], d5[q])
+                o0[q] = r0
+                o1[q] = r1
+                o2[q] = r2
+                o3[q] = r3
+                o4[q] = r4
+                o5[q] = r5
             t0 = b * per_image + ty * tiles_w
-            s1, s2, s3 = stride, 2 * stride, 3 * stride
             for k in range(6):
-                dst = 6 * k
+                row = rows[k]
+                a0, a1, a2, a3 = row, row[stride:], row[2 * stride:], row[3 * stride:]
+                a4, a5 = row[1:], row[stride + 1:]
+                v0, v1, v2 = v[6 * k, c, t0:], v[6 * k + 1, c, t0:], v[6 * k + 2, c, t0:]
+                v3, v4, v5 = v[6 * k + 3, c, t0:], v[6 * k + 4, c, t0:], v[6 * k + 5, c, t0:]
                 for tx in range(tiles_w):
-                    r0, r1, r2, r3, r4, r5 = _bt_rows(rows[k, tx], rows[k, s1 + tx],
-                                                      rows[k, s2 + tx], rows[k, s3 + tx],
-                                                      rows[k, tx + 1], rows[k, s1 + tx + 1])
-                    v[dst, c, t0 + tx] = r0
-                    v[dst + 1, c, t0 + tx] = r1
-                    v[dst + 2, c, t0 + tx] = r2
-                    v[dst + 3, c, t0 + tx] = r3
-                    v[dst + 4, c, t0 + tx] = r4
-                    v[dst + 5, c, t0 + tx] = r5
+                    r0, r1, r2, r3, r4, r5 = _bt_rows(a0[tx], a1[tx], a2[tx], a3[tx], a4[tx],
+                                                      a5[tx])
+                    v0[tx] = r0
+                    v1[tx] = r1
+                    v2[tx] = r2
+                    v3[tx] = r3
+                    v4[tx] = r4
+                    v5[tx] = r5
 
 
 @parallel_kernel
@@ -152,7 +163,8 @@ def _output_channel(p, m, bias, relu, slope, n0, tiles_h, tiles_w, y, rows, cols
     """Output channel m of images n0 .. . Per row of tiles: A^T down the six
     transformed rows of every tile at once (contiguous over tiles), then A
     along each tile's rows into ``cols`` (cols[j, tx] is output column
-    4tx + j), interleaved into y with bias and ReLU."""
+    4tx + j), interleaved into y with bias and ReLU. Inner loops index 1-D
+    views from 0, as in ``_input_channel``."""
     out_h, out_w = y.shape[2], y.shape[3]
     per_image = tiles_h * tiles_w
     images = p.shape[2] // per_image
@@ -160,28 +172,33 @@ def _output_channel(p, m, bias, relu, slope, n0, tiles_h, tiles_w, y, rows, cols
         for ty in range(tiles_h):
             t0 = b * per_image + ty * tiles_w
             for s in range(6):
+                p0, p1, p2 = p[s, m, t0:], p[6 + s, m, t0:], p[12 + s, m, t0:]
+                p3, p4, p5 = p[18 + s, m, t0:], p[24 + s, m, t0:], p[30 + s, m, t0:]
+                w0, w1, w2, w3 = rows[0, s], rows[1, s], rows[2, s], rows[3, s]
                 for tx in range(tiles_w):
-                    t = t0 + tx
-                    r0, r1, r2, r3 = _at_rows(p[s, m, t], p[6 + s, m, t], p[12 + s, m, t],
-                                              p[18 + s, m, t], p[24 + s, m, t], p[30 + s, m, t])
-                    rows[0, s, tx] = r0
-                    rows[1, s, tx] = r1
-                    rows[2, s, tx] = r2
-                    rows[3, s, tx] = r3
+                    r0, r1, r2, r3 = _at_rows(p0[tx], p1[tx], p2[tx], p3[tx], p4[tx], p5[tx])
+                    w0[tx] = r0
+                    w1[tx] = r1
+                    w2[tx] = r2
+                    w3[tx] = r3
             for i in range(min(4, out_h - 4 * ty)):
+                e0, e1, e2 = rows[i, 0], rows[i, 1], rows[i, 2]
+                e3, e4, e5 = rows[i, 3], rows[i, 4], rows[i, 5]
+                c0, c1, c2, c3 = cols[0], cols[1], cols[2], cols[3]
                 for tx in range(tiles_w):
-                    r0, r1, r2, r3 = _at_rows(rows[i, 0, tx], rows[i, 1, tx], rows[i, 2, tx],
-                                              rows[i, 3, tx], rows[i, 4, tx], rows[i, 5, tx])
-                    cols[0, tx] = r0 + bias
-                    cols[1, tx] = r1 + bias
-                    cols[2, tx] = r2 + bias
-                    cols[3, tx] = r3 + bias
+                    r0, r1, r2, r3 = _at_rows(e0[tx], e1[tx], e2[tx], e3[tx], e4[tx], e5[tx])
+                    c0[tx] = r0 + bias
+                    c1[tx] = r1 + bias
+                    c2[tx] = r2 + bias
+                    c3[tx] = r3 + bias
                 row = y[n0 + b, m, 4 * ty + i]
-                for ox in range(out_w):
-                    val = cols[ox % 4, ox // 4]
-                    if relu != 0:
-                        val = (val if val > 0 else _0) + slope * (val if val < 0 else _0)
-                    row[ox] = val
+                for j in range(4):
+                    dst, src = row[j:], cols[j]
+                    for tx in range((out_w - j + 3) // 4):
+                        val = src[tx]
+                        if relu != 0:
+                            val = (val if val > 0 else _0) + slope * (val if val < 0 else _0)
+                        dst[4 * tx] = val
 
 
 @parallel_kernel
