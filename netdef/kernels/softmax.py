@@ -19,10 +19,9 @@ _BLOCK = 512
 
 
 @helper
-def _softmax_task(x3, o, j0, j1, out3):
+def _softmax_task(x3, o, j0, j1, out3, tmp):
     n_ch = x3.shape[1]
-    # one small scratch row per task: first the running max, then the sum
-    tmp = np.empty(j1 - j0, np.float32)
+    # a small scratch row: first the running max, then the sum
     for j in range(j0, j1):
         tmp[j - j0] = x3[o, 0, j]
     for c in range(1, n_ch):
@@ -48,9 +47,17 @@ def softmax(x3, out3):
     """out3 = exp(x3 - max_c x3) / sum_c exp(x3 - max_c x3), over axis 1."""
     outer, inner = x3.shape[0], x3.shape[2]
     nblk = (inner + _BLOCK - 1) // _BLOCK
-    for p in prange(outer * nblk):
+    # with a short inner axis (SSD's per-prior softmax: inner 1, outer 8732)
+    # a task takes several outer rows, so that tasks and scratch rows stay few
+    rows = max(1, _BLOCK // inner)
+    groups = (outer + rows - 1) // rows
+    for p in prange(groups * nblk):
         j0 = (p % nblk) * _BLOCK
-        _softmax_task(x3, p // nblk, j0, min(j0 + _BLOCK, inner), out3)
+        j1 = min(j0 + _BLOCK, inner)
+        tmp = np.empty(j1 - j0, np.float32)
+        first = (p // nblk) * rows
+        for o in range(first, min(outer, first + rows)):
+            _softmax_task(x3, o, j0, j1, out3, tmp)
 
 
 @kernel
