@@ -190,7 +190,7 @@ POOL_CASES = [
     pytest.param(2, 2, 9, 10, 2, 4, 0, True, id="stride>kernel-empty-window"),
     pytest.param(1, 2, 10, 9, (3, 2), (2, 3), (1, 1), True, id="asymmetric"),
     pytest.param(2, 3, 7, 6, (7, 6), 1, 0, True, id="global"),
-    # the 3-tap fast paths of max_pool_forward_values: stride 2, 1 and other,
+    # the fast paths of max_pool_3x3_values: stride 2, 1 and other,
     # with border windows (pad), a ceil-mode overhang, and parallel-size calls
     pytest.param(2, 40, 27, 27, 3, 2, 0, True, id="3x3s2-parallel"),
     pytest.param(1, 4, 14, 15, 3, 1, 1, True, id="3x3s1-pad"),
@@ -221,6 +221,10 @@ def test_max_pool_forward_and_backward(n, c, h, w, k, s, p, ceil_mode):
     values_only = np.empty_like(out)
     pooling.max_pool_forward_values(x, *g, values_only)
     close(values_only, want, rtol=0, atol=0)
+    if g[:2] == (3, 3):
+        values_3x3 = np.empty_like(out)
+        pooling.max_pool_3x3_values(x, *g[2:], values_3x3)
+        close(values_3x3, want, rtol=0, atol=0)
 
     top = rand(rng, n, c, oh, ow)
     bottom = np.full((n, c, h, w), 5.0, np.float32)
@@ -620,7 +624,7 @@ def test_max_pool_values_3x3_fast_path_keeps_caffe_nan_rule():
     x[0, 1, 0, 0] = -np.inf
     out = np.empty((1, 2, 4, 4), np.float32)
     want = np.empty_like(out)
-    pooling.max_pool_forward_values(x, 3, 3, 2, 2, 0, 0, out)
+    pooling.max_pool_3x3_values(x, 2, 2, 0, 0, out)
     pooling.max_pool_forward(x, 3, 3, 2, 2, 0, 0, want, np.empty(out.shape, np.int64))
     np.testing.assert_array_equal(out, want)
     assert not np.isnan(out).any()

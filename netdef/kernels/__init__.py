@@ -21,6 +21,7 @@ ALL_KERNELS: list[tuple[str, str]] = [
     ("im2col", "col2im"),
     ("pooling", "max_pool_forward"),
     ("pooling", "max_pool_forward_values"),
+    ("pooling", "max_pool_3x3_values"),
     ("pooling", "max_pool_backward"),
     ("pooling", "ave_pool_forward"),
     ("pooling", "ave_pool_backward"),

@@ -114,11 +114,20 @@ class OnDemandParallel(CPUDispatcher):
         return list(dict.fromkeys(both))
 
 
-def parallel_kernel(fn):
-    """``njit(parallel=True, **OPTIONS)`` with a serial build for small calls."""
-    disp = njit(parallel=True, **OPTIONS)(fn)
+def parallel_kernel(fn=None, *, fastmath: bool = True):
+    """``njit(parallel=True, **OPTIONS)`` with a serial build for small calls.
+
+    ``fastmath=False`` (``@parallel_kernel(fastmath=False)``) is for kernels
+    that only copy and compare floats (im2col, max pooling): the flags
+    change nothing there but cost LLVM time, about 0.2 s per kernel on
+    first use. Helpers inlined into a kernel take the kernel's flags.
+    """
+    if fn is None:
+        return lambda f: parallel_kernel(f, fastmath=fastmath)
+    options = dict(OPTIONS) if fastmath else dict(OPTIONS, fastmath=False)
+    disp = njit(parallel=True, **options)(fn)
     if not isinstance(disp, CPUDispatcher):      # NUMBA_DISABLE_JIT=1: the function itself
         return disp
     disp.__class__ = OnDemandParallel            # same layout: CPUDispatcher has no slots
-    disp.serial = kernel(_serial_copy(fn))
+    disp.serial = njit(**options)(_serial_copy(fn))
     return disp

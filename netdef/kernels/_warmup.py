@@ -32,6 +32,7 @@ _ARGS = {
     ("pooling", "max_pool_forward"): lambda: (_f(1, 2, 4, 4), *_G, _f(1, 2, 4, 4),
                                               _i(1, 2, 4, 4)),
     ("pooling", "max_pool_forward_values"): lambda: (_f(1, 2, 4, 4), *_G, _f(1, 2, 4, 4)),
+    ("pooling", "max_pool_3x3_values"): lambda: (_f(1, 2, 4, 4), *_G[2:], _f(1, 2, 4, 4)),
     ("pooling", "max_pool_backward"): lambda: (_f(1, 2, 4, 4), _i(1, 2, 4, 4), _f(1, 2, 4, 4)),
     ("pooling", "ave_pool_forward"): lambda: (_f(1, 2, 4, 4), *_G, _f(1, 2, 4, 4)),
     ("pooling", "ave_pool_backward"): lambda: (_f(1, 2, 4, 4), *_G, _f(1, 2, 4, 4)),

@@ -69,7 +69,7 @@ def _im2col_row(x, n, r, kh, kw, ph, pw, sh, sw, dh, dw, out_h, out_w, col, firs
             col[r, base + ow] = 0.0
 
 
-@parallel_kernel
+@parallel_kernel(fastmath=False)
 def im2col(x, n0, kh, kw, ph, pw, sh, sw, dh, dw, out_h, out_w, col):
     """Unfold images ``n0 ..`` of ``x`` (N, C, H, W) into ``col``
     (C*kh*kw, B*out_h*out_w), float32, image b in columns b*out_h*out_w...
@@ -111,7 +111,7 @@ def _col2im_channel(col, first, n, c, kh, kw, ph, pw, sh, sw, dh, dw, out_h, out
                     img[n, c, ih, w_off + ow * sw] += col[r, base + ow]
 
 
-@parallel_kernel
+@parallel_kernel(fastmath=False)
 def col2im(col, n0, kh, kw, ph, pw, sh, sw, dh, dw, out_h, out_w, img):
     """Adjoint of :func:`im2col`: fold ``col`` back into images ``n0 ..`` of
     ``img`` (N, C, H, W).

@@ -51,7 +51,7 @@ def _max_plane(x, n, c, kh, kw, sh, sw, ph, pw, out, argmax):
             argmax[n, c, oh, ow] = where
 
 
-@parallel_kernel
+@parallel_kernel(fastmath=False)
 def max_pool_forward(x, kh, kw, sh, sw, ph, pw, out, argmax):
     """out[n,c,oh,ow] = max of the window; argmax = h*W + w of the winner.
 
@@ -91,71 +91,102 @@ def _window_max(src, start, size, width):
 
 
 @helper
-def _max_plane_values(x, n, c, kh, kw, sh, sw, ph, pw, out, rows):
-    # Max is separable: a pass along each input row into ``rows``, then one
-    # down the columns. Windows wholly inside the image (all but the border
-    # ones) read the row without checks; 3-tap windows, the common case,
-    # keep the running maximum in registers over 1-D row views, which
-    # vectorises (measured 4-9x faster than updating ``rows`` in memory tap
-    # by tap, the path other sizes and the borders take). Border windows
-    # skip the taps in the padding, as Caffe's clip. Every maximum starts
-    # from -FLT_MAX with a strict >, so a NaN never wins (Caffe's rule).
+def _max_plane_values(x, n, c, kh, kw, sh, sw, ph, pw, out):
+    # Max is separable: a pass along rows into ``rows`` and one down columns.
+    # Each pass loops over one window offset at a time with the output index
+    # innermost, so the inner loops are contiguous (stride 1) and vectorise.
+    # Windows clip exactly as Caffe's (taps in the padding are skipped), and
+    # the select keeps Caffe's strict > (NaN never wins).
+    height, width = x.shape[2], x.shape[3]
+    out_h, out_w = out.shape[2], out.shape[3]
+    rows = np.empty((height, out_w), np.float32)
+    for h in range(height):
+        for ow in range(out_w):
+            rows[h, ow] = _FLT_LOWEST
+        for j in range(kw):
+            lo, hi = _valid_range(width, out_w, sw, pw, j)
+            start = lo * sw - pw + j
+            for ow in range(lo, hi):
+                v = x[n, c, h, start + (ow - lo) * sw]
+                rows[h, ow] = v if v > rows[h, ow] else rows[h, ow]
+    for oh in range(out_h):
+        for ow in range(out_w):
+            out[n, c, oh, ow] = _FLT_LOWEST
+    for i in range(kh):
+        lo, hi = _valid_range(height, out_h, sh, ph, i)
+        for oh in range(lo, hi):
+            h = oh * sh - ph + i
+            for ow in range(out_w):
+                v = rows[h, ow]
+                out[n, c, oh, ow] = v if v > out[n, c, oh, ow] else out[n, c, oh, ow]
+
+
+@parallel_kernel(fastmath=False)
+def max_pool_forward_values(x, kh, kw, sh, sw, ph, pw, out):
+    """max_pool_forward without the argmax, for plans that never run backward."""
+    n_ch = x.shape[1]
+    planes = x.shape[0] * n_ch
+    for p in prange(planes):
+        _max_plane_values(x, p // n_ch, p % n_ch, kh, kw, sh, sw, ph, pw, out)
+
+
+@helper
+def _max_3x3_plane(x, n, c, sh, sw, ph, pw, out, rows):
+    # _max_plane_values for 3x3 windows (AlexNet, GoogLeNet, ResNet, the
+    # SSDs). Windows wholly inside the image read the row without checks and
+    # keep the running maximum in registers over 1-D views indexed from 0:
+    # Numba then knows the indices are not negative and emits no wrap-around
+    # selects, and with a literal stride LLVM vectorises the strided reads
+    # with shuffles (measured 4-9x faster than updating ``rows`` tap by tap).
+    # Border windows take the clipped path.
     height, width = x.shape[2], x.shape[3]
     out_h, out_w = out.shape[2], out.shape[3]
     # output columns whose windows lie inside the row: [inner_lo, inner_hi)
     inner_lo = min(out_w, (pw + sw - 1) // sw)
-    inner_hi = max(inner_lo, min(out_w, (width - kw + pw) // sw + 1))
+    inner_hi = max(inner_lo, min(out_w, (width - 3 + pw) // sw + 1))
+    count = inner_hi - inner_lo
     for h in range(height):
-        src = x[n, c, h]
-        r = rows[h]
-        # Indices from 0 over views that start at the first inner window:
-        # Numba then knows them non-negative and drops its wrap-around
-        # select, and a literal stride lets LLVM vectorise the strided reads
-        # with shuffles.
+        src, r = x[n, c, h], rows[h]
         seg, dst = src[inner_lo * sw - pw:], r[inner_lo:]
-        count = inner_hi - inner_lo
-        if kw == 3 and sw == 2:
+        if sw == 2:
             for k in range(count):
                 dst[k] = _max3(seg[2 * k], seg[2 * k + 1], seg[2 * k + 2], _FLT_LOWEST)
-        elif kw == 3 and sw == 1:
+        elif sw == 1:
             for k in range(count):
                 dst[k] = _max3(seg[k], seg[k + 1], seg[k + 2], _FLT_LOWEST)
-        elif kw == 3:
-            for k in range(count):
-                b = k * sw
-                dst[k] = _max3(seg[b], seg[b + 1], seg[b + 2], _FLT_LOWEST)
         else:
-            for ow in range(inner_lo, inner_hi):
-                r[ow] = _window_max(src, ow * sw - pw, kw, width)
+            for k in range(count):
+                dst[k] = _window_max(seg, k * sw, 3, seg.shape[0])
         for ow in range(inner_lo):
-            r[ow] = _window_max(src, ow * sw - pw, kw, width)
+            r[ow] = _window_max(src, ow * sw - pw, 3, width)
         for ow in range(inner_hi, out_w):
-            r[ow] = _window_max(src, ow * sw - pw, kw, width)
+            r[ow] = _window_max(src, ow * sw - pw, 3, width)
     for oh in range(out_h):
         hs = oh * sh - ph
         o = out[n, c, oh]
-        if kh == 3 and hs >= 0 and hs + 3 <= height:
+        if hs >= 0 and hs + 3 <= height:
             r0, r1, r2 = rows[hs], rows[hs + 1], rows[hs + 2]
             for ow in range(out_w):
                 o[ow] = _max3(r0[ow], r1[ow], r2[ow], _FLT_LOWEST)
             continue
         for ow in range(out_w):
             o[ow] = _FLT_LOWEST
-        for h in range(max(hs, 0), min(hs + kh, height)):
+        for h in range(max(hs, 0), min(hs + 3, height)):
             r = rows[h]
             for ow in range(out_w):
                 v = r[ow]
                 o[ow] = v if v > o[ow] else o[ow]
 
 
-@parallel_kernel
-def max_pool_forward_values(x, kh, kw, sh, sw, ph, pw, out):
-    """max_pool_forward without the argmax, for plans that never run backward."""
+@parallel_kernel(fastmath=False)
+def max_pool_3x3_values(x, sh, sw, ph, pw, out):
+    """max_pool_forward_values for a 3x3 window: its own kernel, so that
+    nets without 3x3 pooling never compile its fast paths."""
     n_ch = x.shape[1]
     planes = x.shape[0] * n_ch
     for p in prange(planes):
         rows = np.empty((x.shape[2], out.shape[3]), np.float32)
-        _max_plane_values(x, p // n_ch, p % n_ch, kh, kw, sh, sw, ph, pw, out, rows)
+        _max_3x3_plane(x, p // n_ch, p % n_ch, sh, sw, ph, pw, out, rows)
 
 
 @helper
@@ -171,7 +202,7 @@ def _max_back_plane(top_diff, argmax, n, c, bottom_diff):
                 bottom_diff[n, c, where // width, where % width] += top_diff[n, c, oh, ow]
 
 
-@parallel_kernel
+@parallel_kernel(fastmath=False)
 def max_pool_backward(top_diff, argmax, bottom_diff):
     """bottom_diff (overwritten) = top_diff routed to each window's argmax.
 

@@ -113,15 +113,19 @@ class Pooling(Layer):
         return self._argmax
 
     def _max(self, x, tops):
-        from netdef.kernels.pooling import max_pool_forward, max_pool_forward_values
+        from netdef.kernels import pooling
 
         out = tops[0].data
         if not self.needs_backward and len(tops) == 1:
             # nothing will run backward: skip the argmax
-            max_pool_forward_values(x, *self._geometry(), out)
+            geometry = self._geometry()
+            if geometry[:2] == (3, 3):
+                pooling.max_pool_3x3_values(x, *geometry[2:], out)
+            else:
+                pooling.max_pool_forward_values(x, *geometry, out)
             self._argmax_valid = False
             return
-        max_pool_forward(x, *self._geometry(), out, self._argmax_for(out.shape))
+        pooling.max_pool_forward(x, *self._geometry(), out, self._argmax_for(out.shape))
         self._argmax_valid = True
         if len(tops) > 1:
             tops[1].data[...] = self._argmax
