@@ -118,9 +118,9 @@ def parallel_kernel(fn=None, *, fastmath: bool = True):
     """``njit(parallel=True, **OPTIONS)`` with a serial build for small calls.
 
     ``fastmath=False`` (``@parallel_kernel(fastmath=False)``) is for kernels
-    that only copy and compare floats (im2col, max pooling): the flags
-    change nothing there but cost LLVM time, about 0.2 s per kernel on
-    first use. Helpers inlined into a kernel take the kernel's flags.
+    that only copy, compare or scatter-add floats one at a time (im2col,
+    col2im, max pooling): the flags gain nothing there but cost LLVM time,
+    about 0.2 s per kernel on first use. Helpers inlined into a kernel take the kernel's flags.
     """
     if fn is None:
         return lambda f: parallel_kernel(f, fastmath=fastmath)
