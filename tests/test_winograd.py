@@ -72,7 +72,7 @@ def test_winograd_output_applies_relu_and_writes_only_its_images():
 
 NET = """
 name: "wino"
-input: "data" input_shape { dim: 3 dim: 16 dim: 13 dim: 11 }
+input: "data" input_shape { dim: 4 dim: 16 dim: 13 dim: 11 }
 layer { name: "c1" type: "Convolution" bottom: "data" top: "c1"
   convolution_param { num_output: 32 kernel_size: 3 pad: 1
     weight_filler { type: "gaussian" std: 0.1 } bias_filler { type: "gaussian" std: 0.1 } } }
@@ -103,7 +103,7 @@ def test_optimized_plans_run_eligible_convolutions_as_winograd():
         for a, b in zip(fast.params[name], plain.params[name]):
             a.data[...] = b.data
     fast.params_changed()
-    x = np.random.default_rng(4).standard_normal((3, 16, 13, 11)).astype(np.float32)
+    x = np.random.default_rng(4).standard_normal((4, 16, 13, 11)).astype(np.float32)
     want = plain.forward(data=x)["c3"].copy()
     got = fast.forward(data=x)["c3"]
     np.testing.assert_allclose(got, want, atol=1e-5 * np.abs(want).max(), rtol=0)
@@ -130,3 +130,11 @@ def test_few_input_channels_stay_on_im2col():
     net.forward()
     layers = {s.name: s.layer for s in net._inst.steps}
     assert not winograd.eligible(layers["c1"])       # 3 input channels
+
+
+def test_too_few_tiles_stay_on_im2col():
+    # batch 1: c1 has 4x3 = 12 output tiles, below MIN_TILES
+    net = Net(NET.replace("dim: 4 dim: 16", "dim: 1 dim: 16"), phase="TEST", optimize=False)
+    net.forward()
+    layers = {s.name: s.layer for s in net._inst.steps}
+    assert not winograd.eligible(layers["c1"])
