@@ -41,27 +41,39 @@ def _pow_neg_beta(s, nb, three_quarters):
 
 
 @helper
-def _across_row(x, n, h, size, alpha, beta, k, out, scale):
+def _across_row(x, n, h, size, alpha, beta, k, out, scale, acc):
+    """Row (n, h) of every channel. The window's sum of squares slides along
+    the channels, as in Caffe's CPU LRN: the channel entering the window is
+    added and the one leaving it subtracted, two operations per element
+    instead of ``size``. ``acc`` is a work row (width,)."""
     n_ch, width = x.shape[1], x.shape[3]
     pre = (size - 1) // 2
+    post = size - pre - 1          # channels after c in c's window
     a = np.float32(alpha / size)
     kk = np.float32(k)
     nb = np.float32(-beta)
     fast = beta == 0.75
+    for w in range(width):
+        acc[w] = 0.0
+    for cc in range(min(post, n_ch)):
+        src = x[n, cc, h]
+        for w in range(width):
+            acc[w] += src[w] * src[w]
     for c in range(n_ch):
-        lo = max(c - pre, 0)
-        hi = min(c + size - pre, n_ch)
-        # scale's own row doubles as the accumulator: no temporary
-        for w in range(width):
-            scale[n, c, h, w] = 0.0
-        for cc in range(lo, hi):
+        enter, leave = c + post, c - pre - 1
+        if enter < n_ch:
+            src = x[n, enter, h]
             for w in range(width):
-                v = x[n, cc, h, w]
-                scale[n, c, h, w] += v * v
+                acc[w] += src[w] * src[w]
+        if leave >= 0:
+            src = x[n, leave, h]
+            for w in range(width):
+                acc[w] -= src[w] * src[w]
+        src, dst, sc = x[n, c, h], out[n, c, h], scale[n, c, h]
         for w in range(width):
-            s = kk + a * scale[n, c, h, w]
-            scale[n, c, h, w] = s
-            out[n, c, h, w] = x[n, c, h, w] * _pow_neg_beta(s, nb, fast)
+            s = kk + a * acc[w]
+            sc[w] = s
+            dst[w] = src[w] * _pow_neg_beta(s, nb, fast)
 
 
 @parallel_kernel
@@ -70,7 +82,8 @@ def lrn_across_forward(x, size, alpha, beta, k, out, scale):
     height = x.shape[2]
     rows = x.shape[0] * height
     for p in prange(rows):
-        _across_row(x, p // height, p % height, size, alpha, beta, k, out, scale)
+        acc = np.empty(x.shape[3], np.float32)
+        _across_row(x, p // height, p % height, size, alpha, beta, k, out, scale, acc)
 
 
 @helper
