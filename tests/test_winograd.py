@@ -31,7 +31,7 @@ def _winograd_conv(x, w, b, pad, relu_slope=None, n0=0, images=None):
     wk.winograd_input(x, n0, pad[0], pad[1], th, tw, v)
     p = np.matmul(wk.transform_weights(w), v)
     y = np.full((n, m, oh, ow), np.nan, np.float32)
-    wk.winograd_output(p, b, int(relu_slope is not None), float(relu_slope or 0.0),
+    wk.winograd_output(p, 0, b, int(relu_slope is not None), float(relu_slope or 0.0),
                        n0, th, tw, y)
     return y
 
@@ -132,9 +132,38 @@ def test_few_input_channels_stay_on_im2col():
     assert not winograd.eligible(layers["c1"])       # 3 input channels
 
 
-def test_too_few_tiles_stay_on_im2col():
-    # batch 1: c1 has 4x3 = 12 output tiles, below MIN_TILES
-    net = Net(NET.replace("dim: 4 dim: 16", "dim: 1 dim: 16"), phase="TEST", optimize=False)
-    net.forward()
-    layers = {s.name: s.layer for s in net._inst.steps}
-    assert not winograd.eligible(layers["c1"])
+
+HEADS = """
+name: "heads"
+input: "data" input_shape { dim: 2 dim: 16 dim: 10 dim: 9 }
+layer { name: "feat" type: "Convolution" bottom: "data" top: "feat"
+  convolution_param { num_output: 24 kernel_size: 1
+    weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "loc" type: "Convolution" bottom: "feat" top: "loc"
+  convolution_param { num_output: 8 kernel_size: 3 pad: 1
+    weight_filler { type: "gaussian" std: 0.1 } bias_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "loc_flat" type: "Flatten" bottom: "loc" top: "loc_flat" }
+layer { name: "conf" type: "Convolution" bottom: "feat" top: "conf"
+  convolution_param { num_output: 4 kernel_size: 3 pad: 1
+    weight_filler { type: "gaussian" std: 0.1 } bias_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "conf_relu" type: "ReLU" bottom: "conf" top: "conf" }
+layer { name: "conf_flat" type: "Flatten" bottom: "conf" top: "conf_flat" }
+layer { name: "out" type: "Concat" bottom: "loc_flat" bottom: "conf_flat" top: "out" }
+"""
+
+
+def test_heads_on_one_feature_map_share_the_input_transform():
+    plain = Net(HEADS, phase="TEST", optimize=False, seed=5)
+    fast = Net(HEADS, phase="TEST", optimize=True, seed=5)
+    for name in ("feat", "loc", "conf"):
+        for a, b in zip(fast.params[name], plain.params[name]):
+            a.data[...] = b.data
+    fast.params_changed()
+    x = np.random.default_rng(6).standard_normal((2, 16, 10, 9)).astype(np.float32)
+    want = plain.forward(data=x)["out"].copy()
+    got = fast.forward(data=x)["out"]
+    np.testing.assert_allclose(got, want, atol=1e-5 * np.abs(want).max(), rtol=0)
+    assert "(1 of them sharing another's input transform)" in " ".join(fast.plan_log)
+    names = [s.name for s in fast._plan().steps]
+    assert "loc&conf+conf_relu" in names and "loc" not in names
+    assert (want.reshape(2, -1)[:, 8 * 90:] >= 0).all()          # conf kept its ReLU

@@ -160,10 +160,78 @@ def fuse_for_inference(steps: list[Step], protected: set[str], log: list[str]) -
         folded += sum(s.layer.type != "ReLU" for s in chain[1:])
         relus += relu_slope is not None
         i = j
+    out, shared = _share_winograd_inputs(out)
     log.append(f"fuse: folded {folded} BatchNorm/Scale layers into convolutions, "
                f"{relus} ReLUs applied in the convolution step, "
-               f"{winograds} 3x3 convolutions run as Winograd F(4x4, 3x3)")
+               f"{winograds} 3x3 convolutions run as Winograd F(4x4, 3x3)"
+               + (f" ({shared} of them sharing another's input transform)" if shared else ""))
     return out
+
+
+class WinogradHeads:
+    """Winograd convolutions of one bottom with the same geometry, run as
+    one step: SSD's box and class heads read each feature map twice, and
+    the input transform is the larger part of their cost. Each keeps its
+    own top, bias and ReLU."""
+
+    shares_data = False
+    kind = "conv"
+    type = "Convolution"
+
+    def __init__(self, members: list[FusedConvolution]):
+        from netdef.layers import winograd
+
+        self.members = members
+        self.conv = members[0].conv
+        self.name = "&".join(m.name for m in members)
+        self.blobs = []
+        weight = np.concatenate([m.conv.blobs[0].data for m in members])
+        self.weights = winograd.WinogradWeights(weight, 1)
+        self.heads = [(m.conv.blobs[1].data, m.relu_slope) for m in members]
+
+    def forward(self, bottoms, tops):
+        from netdef.layers import winograd
+
+        winograd.forward_heads(self.conv, self.weights, self.heads, bottoms[0], tops)
+
+
+def _share_winograd_inputs(steps: list[Step]) -> tuple[list[Step], int]:
+    """Merge Winograd steps that read the same single bottom with the same
+    window (ungrouped) into one WinogradHeads step, at the first one's place:
+    its inputs exist there, and the others' tops are only written earlier."""
+    # a Split's tops are its bottom's data (forward copies nothing)
+    source: dict[int, int] = {}
+    for step in steps:
+        if step.layer.type == "Split":
+            root = source.get(id(step.bottoms[0]), id(step.bottoms[0]))
+            for top in step.tops:
+                source[id(top)] = root
+    groups: dict[tuple, list[int]] = {}
+    for k, step in enumerate(steps):
+        layer = step.layer
+        if (isinstance(layer, FusedConvolution) and layer.winograd is not None
+                and layer.conv.group == 1 and len(step.bottoms) == 1):
+            key = (source.get(id(step.bottoms[0]), id(step.bottoms[0])), layer.conv.win)
+            groups.setdefault(key, []).append(k)
+    merged: dict[int, Step] = {}
+    dropped: set[int] = set()
+    for (root, _), members in groups.items():
+        if len(members) < 2:
+            continue
+        # moving the later ones up is only sound if nothing in between
+        # writes the shared input in place
+        if any(source.get(id(t), id(t)) == root
+               for k in range(members[0] + 1, members[-1]) for t in steps[k].tops):
+            continue
+        first = steps[members[0]]
+        heads = WinogradHeads([steps[k].layer for k in members])
+        tops = [steps[k].tops[0] for k in members]
+        node = Node(heads.name, "Convolution", list(first.node.bottoms),
+                    [t.name for t in tops], first.node.param, first.node.where)
+        merged[members[0]] = Step(node, heads, list(first.bottoms), tops)
+        dropped.update(members[1:])
+    out = [merged.get(k, step) for k, step in enumerate(steps) if k not in dropped]
+    return out, sum(len(h.layer.members) for h in merged.values()) - len(merged)
 
 
 def _as_winograd(step: Step) -> Step | None:

@@ -159,8 +159,8 @@ def _at_rows(p0, p1, p2, p3, p4, p5):
 
 
 @helper
-def _output_channel(p, m, bias, relu, slope, n0, tiles_h, tiles_w, y, rows, cols):
-    """Output channel m of images n0 .. . Per row of tiles: A^T down the six
+def _output_channel(p, pm, m, bias, relu, slope, n0, tiles_h, tiles_w, y, rows, cols):
+    """Output channel m of images n0 .., from P's channel pm. Per row of tiles: A^T down the six
     transformed rows of every tile at once (contiguous over tiles), then A
     along each tile's rows into ``cols`` (cols[j, tx] is output column
     4tx + j), interleaved into y with bias and ReLU. Inner loops index 1-D
@@ -172,8 +172,8 @@ def _output_channel(p, m, bias, relu, slope, n0, tiles_h, tiles_w, y, rows, cols
         for ty in range(tiles_h):
             t0 = b * per_image + ty * tiles_w
             for s in range(6):
-                p0, p1, p2 = p[s, m, t0:], p[6 + s, m, t0:], p[12 + s, m, t0:]
-                p3, p4, p5 = p[18 + s, m, t0:], p[24 + s, m, t0:], p[30 + s, m, t0:]
+                p0, p1, p2 = p[s, pm, t0:], p[6 + s, pm, t0:], p[12 + s, pm, t0:]
+                p3, p4, p5 = p[18 + s, pm, t0:], p[24 + s, pm, t0:], p[30 + s, pm, t0:]
                 w0, w1, w2, w3 = rows[0, s], rows[1, s], rows[2, s], rows[3, s]
                 for tx in range(tiles_w):
                     r0, r1, r2, r3 = _at_rows(p0[tx], p1[tx], p2[tx], p3[tx], p4[tx], p5[tx])
@@ -202,11 +202,12 @@ def _output_channel(p, m, bias, relu, slope, n0, tiles_h, tiles_w, y, rows, cols
 
 
 @parallel_kernel
-def winograd_output(p, bias, relu, slope, n0, tiles_h, tiles_w, y):
-    """Images n0 .. of y (N, M, OH, OW) = A^T P A + bias[m] per tile; then,
+def winograd_output(p, m0, bias, relu, slope, n0, tiles_h, tiles_w, y):
+    """Images n0 .. of y (N, M, OH, OW) = A^T P A + bias[m] per tile, from
+    P's channels m0 .. m0+M-1 (several convolutions can share one P); then,
     if ``relu`` (an int) is not 0, ReLU with negative slope ``slope``."""
-    for m in prange(p.shape[1]):
+    for m in prange(y.shape[1]):
         rows = np.empty((4, 6, tiles_w), np.float32)
         cols = np.empty((4, tiles_w), np.float32)
-        _output_channel(p, m, np.float32(bias[m]), relu, np.float32(slope), n0, tiles_h,
-                        tiles_w, y, rows, cols)
+        _output_channel(p, m0 + m, m, np.float32(bias[m]), relu, np.float32(slope), n0,
+                        tiles_h, tiles_w, y, rows, cols)

@@ -11,8 +11,12 @@ plain GEMM; Winograd's differ from them by float32 rounding (relative
 
 Eligible: kernel 3x3, stride 1, dilation 1, channel axis 1, at least
 MIN_CHANNELS input channels per group (with fewer, the transforms cost
-more than the GEMMs save), MIN_TILES output tiles over the batch, not
-depthwise, and an image's transformed tiles within the scratch budget.
+more than the GEMMs save), not depthwise, and an image's transformed
+tiles within the scratch budget. Small maps stay eligible: on the face
+detector, whose 3x3 layers go down to 3x3 outputs (one tile), running
+them all as Winograd measured 20-30% faster than keeping maps under 32
+tiles on im2col, and AlexNet's 13x13 layers at batch 1 (16 tiles) were
+even.
 """
 from __future__ import annotations
 
@@ -21,10 +25,6 @@ import numpy as np
 from netdef.layers.vision import _scratch
 
 MIN_CHANNELS = 16
-# With fewer 4x4 tiles in the batch the 36 GEMMs are too narrow for BLAS to
-# gain anything (AlexNet's 13x13 layers at batch 1, 16 tiles: 4% slower
-# than im2col; at batch 10, 160 tiles: 11% faster over the whole net).
-MIN_TILES = 32
 # floats of one transformed block (V or P); images are grouped up to this
 _BLOCK_FLOATS = 1 << 23          # 32 MiB
 
@@ -43,8 +43,6 @@ def eligible(layer) -> bool:
     if layer.channels // layer.group < MIN_CHANNELS:
         return False
     th, tw = _tiles(layer)
-    if layer.num * th * tw < MIN_TILES:
-        return False
     return 36 * max(layer.channels, layer.num_output) * th * tw <= _BLOCK_FLOATS
 
 
@@ -62,28 +60,41 @@ class WinogradWeights:
 def forward(layer, ww: WinogradWeights, bias: np.ndarray, relu_slope, bottoms, tops) -> None:
     """tops[i] = conv(bottoms[i]) + bias (then ReLU of ``relu_slope`` when
     given), for an eligible ``layer`` after reshape."""
+    for bottom, top in zip(bottoms, tops, strict=True):
+        forward_heads(layer, ww, [(bias, relu_slope)], bottom, [top])
+
+
+def forward_heads(layer, ww: WinogradWeights, heads, bottom, tops) -> None:
+    """Several convolutions of one bottom with the same geometry at once:
+    ``ww`` holds their weights stacked along the output channels, in the
+    order of ``tops``; ``heads`` gives each its (bias, relu_slope). The
+    input transform, the costly part for the few output channels of SSD's
+    box and class heads, is done once for all of them. ``layer`` supplies
+    the geometry; its num_output is not used."""
     from netdef.kernels.winograd import winograd_input, winograd_output
 
-    g, m, c = layer.group, layer.num_output, layer.channels
+    g, c = layer.group, layer.channels
+    m = ww.u.shape[0] * ww.u.shape[2]
     mg, cg = m // g, c // g
     (h, wd), (oh, ow) = layer.in_hw, layer.out_hw
     th, tw = _tiles(layer)
     per_image = th * tw
     block = max(1, min(layer.num, _BLOCK_FLOATS // (36 * max(c, m) * per_image)))
-    relu = int(relu_slope is not None)
-    slope = float(relu_slope or 0.0)
-    for bottom, top in zip(bottoms, tops, strict=True):
-        x = bottom.data.reshape(layer.num, c, h, wd)
-        y = top.data.reshape(layer.num, m, oh, ow)
-        for n0 in range(0, layer.num, block):
-            t = min(block, layer.num - n0) * per_image
-            v = _scratch("winograd_v", 36 * c * t).reshape(36, c, t)
-            p = _scratch("winograd_p", 36 * m * t).reshape(36, m, t)
-            winograd_input(x, n0, layer.win.ph, layer.win.pw, th, tw, v)
-            if g == 1:
-                np.matmul(ww.u[0], v, out=p)
-            else:
-                for gi in range(g):
-                    np.matmul(ww.u[gi], v[:, gi * cg:(gi + 1) * cg],
-                              out=p[:, gi * mg:(gi + 1) * mg])
-            winograd_output(p, bias, relu, slope, n0, th, tw, y)
+    x = bottom.data.reshape(layer.num, c, h, wd)
+    ys = [top.data.reshape(layer.num, -1, oh, ow) for top in tops]
+    for n0 in range(0, layer.num, block):
+        t = min(block, layer.num - n0) * per_image
+        v = _scratch("winograd_v", 36 * c * t).reshape(36, c, t)
+        p = _scratch("winograd_p", 36 * m * t).reshape(36, m, t)
+        winograd_input(x, n0, layer.win.ph, layer.win.pw, th, tw, v)
+        if g == 1:
+            np.matmul(ww.u[0], v, out=p)
+        else:
+            for gi in range(g):
+                np.matmul(ww.u[gi], v[:, gi * cg:(gi + 1) * cg],
+                          out=p[:, gi * mg:(gi + 1) * mg])
+        m0 = 0
+        for y, (bias, relu_slope) in zip(ys, heads, strict=True):
+            winograd_output(p, m0, bias, int(relu_slope is not None),
+                            float(relu_slope or 0.0), n0, th, tw, y)
+            m0 += y.shape[1]
