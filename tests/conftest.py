@@ -11,6 +11,12 @@ import pathlib
 
 import pytest
 
+# The suite's arrays are small: with the default threshold (2M elements,
+# netdef/kernels/_jit.py) their kernel calls would never reach the parallel
+# builds, which the "parallel-size" cases are there to check. Set before
+# any test imports netdef, and inherited by the CLI subprocesses.
+os.environ.setdefault("NETDEF_PARALLEL_MIN_WORK", str(1 << 15))
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ZOO = ROOT / "zoo_defs"
 

@@ -34,6 +34,15 @@ are free, but a parallel region whose worker thread has been descheduled
 (any other busy process) waits for the next scheduler tick, 4-12 ms: 100x
 the whole cost of a small call, and gradient checks make thousands of them.
 
+PARALLEL_MIN_WORK is 2M elements (``NETDEF_PARALLEL_MIN_WORK`` overrides
+it). Inside a forward pass a kernel runs between GEMMs, while OpenBLAS's
+workers still spin on the other core, so a woken OpenMP worker waits for
+the core it needs: with a 32K-element threshold, kernels at batch 1 gained
+nothing from their second thread, and over the benchmark's forward passes
+(each after a pause) the face detector, MobileNet v1/v2 and AlexNet at
+batch 1 were 5-20% slower than with every kernel serial. Calls of 2M
+elements and more (AlexNet's LRN and pooling at batch 10) still split.
+
 FASTMATH allows re-association (so float reductions vectorise), contraction
 into FMAs, reciprocal division and ignoring the sign of zero.  It does NOT
 allow ``nnan``/``ninf`` (max pooling, ReLU and Clip keep Caffe's behaviour
@@ -44,7 +53,7 @@ for NaN and infinity) nor ``afn`` (approximate exp/log/pow).
 of raising, and divide loops need no zero checks, so they vectorise.
 
 Numba's on-disk cache key holds a function's bytecode and signature, not
-these options nor PARALLEL_MIN_WORK (frozen in as a constant).  After
+these options.  After
 editing this file, delete ``netdef/kernels/__pycache__/*.nb[ic]``, or stale
 machine code is loaded.  For the same reason a kernel's helpers live in the
 kernel's own module: editing that module invalidates its cache entries.
@@ -65,7 +74,7 @@ from numba.core.registry import CPUDispatcher  # noqa: E402
 
 FASTMATH = frozenset({"contract", "reassoc", "arcp", "nsz"})
 
-PARALLEL_MIN_WORK = 1 << 15
+PARALLEL_MIN_WORK = int(os.environ.get("NETDEF_PARALLEL_MIN_WORK", 1 << 21))
 
 OPTIONS = dict(cache=True, nogil=True, error_model="numpy", fastmath=set(FASTMATH))
 
