@@ -312,7 +312,8 @@ class Net:
 
     def params_changed(self) -> None:
         """Call after editing ``net.params[...]`` data in place: an optimized
-        plan holds BatchNorm/Scale folded into copies of the conv weights."""
+        plan holds BatchNorm/Scale folded into copies of the conv weights,
+        and the Winograd transforms of 3x3 convolution weights."""
         self._current_plan = None
 
     def save(self, path) -> None:

@@ -38,9 +38,10 @@ PARALLEL_MIN_WORK is 2M elements (``NETDEF_PARALLEL_MIN_WORK`` overrides
 it). Inside a forward pass a kernel runs between GEMMs, while OpenBLAS's
 workers still spin on the other core, so a woken OpenMP worker waits for
 the core it needs: with a 32K-element threshold, kernels at batch 1 gained
-nothing from their second thread, and over the benchmark's forward passes
-(each after a pause) the face detector, MobileNet v1/v2 and AlexNet at
-batch 1 were 5-20% slower than with every kernel serial. Calls of 2M
+nothing from their second thread, and in the benchmark (forward passes
+after a pause, ratio to OpenCV in the same run) the face detector,
+MobileNet-SSD and MobileNet v1/v2 were 13-25% slower than with every
+kernel serial, and AlexNet at batch 1 6% slower than with this threshold. Calls of 2M
 elements and more (AlexNet's LRN and pooling at batch 10) still split.
 
 FASTMATH allows re-association (so float reductions vectorise), contraction
