@@ -168,9 +168,11 @@ def _forward_planes(x, w, bias, first, last, kh, kw, ph, pw, sh, sw, dh, dw, rel
                            np.float32(slope), y[n, m])
 
 
-# work (multiply-adds) per parallel task: enough that the buffer allocation
-# and the task hand-out are small next to it
-_CHUNK_WORK = 1 << 14
+# Output planes come in at most this many chunks: each chunk allocates and
+# zeroes its work buffers once, so few chunks keep that cost small (a chunk
+# per plane made MobileNet's 56x56 and 112x112 layers 8-10% slower), and
+# 16 still spread over the threads.
+_CHUNKS = 16
 
 
 @parallel_kernel
@@ -183,8 +185,7 @@ def depthwise_forward(x, w, bias, kh, kw, ph, pw, sh, sw, dh, dw, relu, slope, y
     Every element of y is written. Parallel over blocks of output planes.
     """
     planes = y.shape[0] * y.shape[1]
-    per_plane = y.shape[2] * y.shape[3] * kh * kw
-    size = max(1, min(_CHUNK_WORK // max(per_plane, 1), planes // 8))
+    size = max(1, -(-planes // _CHUNKS))
     chunks = (planes + size - 1) // size
     for t in prange(chunks):
         _forward_planes(x, w, bias, t * size, min(planes, (t + 1) * size),
