@@ -652,3 +652,15 @@ def test_max_pool_values_only_keeps_caffe_nan_rule():
     pooling.max_pool_forward(x, 2, 2, 1, 1, 0, 0, want, arg)
     np.testing.assert_array_equal(out, want)
     assert out[0, 0, 0, 0] == 2.0 and out[0, 0, 1, 1] == 0.5
+
+
+def test_bias_relu_is_relu_of_the_biased_rows():
+    rng = np.random.default_rng(9)
+    y = rng.standard_normal((5, 37)).astype(np.float32)
+    y[0, :3] = (np.nan, np.inf, -np.inf)
+    b = rng.standard_normal(5).astype(np.float32)
+    v = y + b[:, None]
+    want = np.empty_like(v)
+    ew.relu(v.reshape(-1), 0.2, want.reshape(-1))
+    ew.bias_relu(y, b, 0.2)
+    np.testing.assert_array_equal(y, want)

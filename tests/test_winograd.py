@@ -167,3 +167,28 @@ def test_heads_on_one_feature_map_share_the_input_transform():
     names = [s.name for s in fast._plan().steps]
     assert "loc&conf+conf_relu" in names and "loc" not in names
     assert (want.reshape(2, -1)[:, 8 * 90:] >= 0).all()          # conf kept its ReLU
+
+
+def test_fused_relu_is_applied_with_the_bias_on_the_im2col_path():
+    # 5x5 convolutions (not Winograd), batch 3 (blocks of several images) and
+    # batch 1, with and without a bias, each followed by a ReLU with a slope
+    for batch, bias in ((3, "true"), (1, "false")):
+        text = f"""
+        input: "data" input_shape {{ dim: {batch} dim: 4 dim: 9 dim: 8 }}
+        layer {{ name: "c" type: "Convolution" bottom: "data" top: "c"
+          convolution_param {{ num_output: 6 kernel_size: 5 pad: 1 bias_term: {bias}
+            weight_filler {{ type: "gaussian" std: 0.3 }}
+            bias_filler {{ type: "gaussian" std: 0.3 }} }} }}
+        layer {{ name: "r" type: "ReLU" bottom: "c" top: "r" relu_param {{ negative_slope: 0.1 }} }}
+        """
+        plain = Net(text, phase="TEST", optimize=False, seed=7)
+        fast = Net(text, phase="TEST", optimize=True, seed=7)
+        for a, b in zip(fast.params["c"], plain.params["c"]):
+            a.data[...] = b.data
+        fast.params_changed()
+        x = np.random.default_rng(8).standard_normal((batch, 4, 9, 8)).astype(np.float32)
+        want = plain.forward(data=x)["r"].copy()
+        got = fast.forward(data=x)["r"]
+        assert [s.name for s in fast._plan().steps][-1] == "c+r"
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+        assert (want < 0).any()                  # the slope was exercised

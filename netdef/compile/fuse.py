@@ -51,6 +51,9 @@ class FusedConvolution:
         self.blobs = []
         self.winograd = (winograd.WinogradWeights(weight, conv.group)
                          if conv.type == "Convolution" and winograd.eligible(conv) else None)
+        if conv.type == "Convolution":
+            # Convolution applies the ReLU with the bias, in one pass
+            self.conv.relu_slope = relu_slope
 
     def forward(self, bottoms, tops):
         if self.winograd is not None:
@@ -66,7 +69,7 @@ class FusedConvolution:
             depthwise.forward(self.conv, bottoms, tops, self.relu_slope)
             return
         self.conv.forward(bottoms, tops)
-        if self.relu_slope is not None:
+        if self.relu_slope is not None and self.conv.relu_slope is None:
             from netdef.kernels.elementwise import relu
 
             for top in tops:

@@ -31,6 +31,7 @@ ALL_KERNELS: list[tuple[str, str]] = [
     ("lrn", "lrn_within_backward"),
     ("elementwise", "relu"),
     ("elementwise", "relu_backward"),
+    ("elementwise", "bias_relu"),
     ("elementwise", "relu6"),
     ("elementwise", "relu6_backward"),
     ("elementwise", "sigmoid"),

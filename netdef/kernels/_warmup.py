@@ -48,6 +48,7 @@ _ARGS = {
                                              _f(1, 3, 2, 2), 3, 1e-4, 0.75, _f(1, 3, 2, 2)),
     ("elementwise", "relu"): lambda: (_f(4), 0.0, _f(4)),
     ("elementwise", "relu_backward"): lambda: (_f(4), _f(4), 0.0, _f(4)),
+    ("elementwise", "bias_relu"): lambda: (_f(2, 3), _f(2), 0.0),
     ("elementwise", "relu6"): lambda: (_f(4), 0.0, _f(4)),
     ("elementwise", "relu6_backward"): lambda: (_f(4), _f(4), 0.0, _f(4)),
     ("elementwise", "sigmoid"): _flat1(2),

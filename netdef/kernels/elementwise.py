@@ -62,6 +62,19 @@ def relu(x, negative_slope, out):
 
 
 @kernel
+def bias_relu(y2, bias, negative_slope):
+    """y2 (M, S) = relu(y2 + bias[m]) per row m, in place, with relu's
+    expression: a convolution's bias and its fused ReLU in one pass over
+    the output (bias float32 (M,))."""
+    slope = np.float32(negative_slope)
+    for m in range(y2.shape[0]):
+        row, b = y2[m], bias[m]
+        for i in range(row.shape[0]):
+            v = row[i] + b
+            row[i] = _pos(v) + slope * _neg(v)
+
+
+@kernel
 def relu_backward(x, top_diff, negative_slope, bottom_diff):
     """dx = dy * ((x > 0) + negative_slope * (x <= 0)); a NaN x passes no gradient.
 

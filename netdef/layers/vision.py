@@ -301,10 +301,25 @@ class Convolution(_ConvBase):
     per bottom.
     """
 
+    # Negative slope of a ReLU the fusion pass folded in (its copy of the
+    # layer sets it): applied with the bias, in the same pass over the output.
+    relu_slope = None
+
     def setup(self, bottoms, tops):
         super().setup(bottoms, tops)
         # group == channels: direct depthwise kernels (layers/depthwise.py), not GEMMs
         self.depthwise = self.group == self.channels > 1
+
+    def _finish(self, y2: np.ndarray) -> None:
+        """Bias (and the fused ReLU) of one image's output, y2 (M, OH*OW)."""
+        if self.relu_slope is None:
+            self.add_bias(y2)
+            return
+        from netdef.kernels.elementwise import bias_relu
+
+        bias = (self.blobs[1].data if self.bias_term
+                else np.zeros(self.num_output, np.float32))
+        bias_relu(y2, bias, float(self.relu_slope))
 
     def weight_shape(self):
         return (self.num_output, self.channels // self.group, self.win.kh, self.win.kw)
@@ -349,11 +364,16 @@ class Convolution(_ConvBase):
                 cols = self._columns(x, n0, b).reshape(g, kdim, b * plane)
                 if b == 1:
                     np.matmul(w, cols, out=y[n0].reshape(g, m // g, plane))
-                    self.add_bias(y[n0])
+                    self._finish(y[n0])
                 else:
                     out = _scratch("out", m * b * plane).reshape(g, m // g, b * plane)
                     np.matmul(w, cols, out=out)
-                    _scatter(out.reshape(m, b * plane), y, n0, b, bias)
+                    if self.relu_slope is None:
+                        _scatter(out.reshape(m, b * plane), y, n0, b, bias)
+                    else:
+                        _scatter(out.reshape(m, b * plane), y, n0, b)
+                        for k in range(n0, n0 + b):
+                            self._finish(y[k])
                 if not self.win.is_1x1:
                     self.remember_columns(i, x, n0, b)
 
