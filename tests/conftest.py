@@ -11,7 +11,7 @@ import pathlib
 
 import pytest
 
-# The suite's arrays are small: with the default threshold (2M elements,
+# The suite's arrays are small: with the default threshold (1M elements,
 # netdef/kernels/_jit.py) their kernel calls would never reach the parallel
 # builds, which the "parallel-size" cases are there to check. Set before
 # any test imports netdef, and inherited by the CLI subprocesses.

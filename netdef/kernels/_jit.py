@@ -34,15 +34,17 @@ are free, but a parallel region whose worker thread has been descheduled
 (any other busy process) waits for the next scheduler tick, 4-12 ms: 100x
 the whole cost of a small call, and gradient checks make thousands of them.
 
-PARALLEL_MIN_WORK is 2M elements (``NETDEF_PARALLEL_MIN_WORK`` overrides
+PARALLEL_MIN_WORK is 1M elements (``NETDEF_PARALLEL_MIN_WORK`` overrides
 it). Inside a forward pass a kernel runs between GEMMs, while OpenBLAS's
 workers still spin on the other core, so a woken OpenMP worker waits for
 the core it needs: with a 32K-element threshold, kernels at batch 1 gained
 nothing from their second thread, and in the benchmark (forward passes
 after a pause, ratio to OpenCV in the same run) the face detector,
 MobileNet-SSD and MobileNet v1/v2 were 13-25% slower than with every
-kernel serial, and AlexNet at batch 1 6% slower than with this threshold. Calls of 2M
-elements and more (AlexNet's LRN and pooling at batch 10) still split.
+kernel serial, and AlexNet at batch 1 6% slower than with a 2M threshold.
+Calls of 1M elements and more still split: AlexNet's second LRN at batch
+10 (1.9M) is 2x faster on two threads, and the net's ratio to OpenCV was
+0.79-0.80 with 1M against 0.85-0.87 with 2M (two runs each).
 
 FASTMATH allows re-association (so float reductions vectorise), contraction
 into FMAs, reciprocal division and ignoring the sign of zero.  It does NOT
@@ -75,7 +77,7 @@ from numba.core.registry import CPUDispatcher  # noqa: E402
 
 FASTMATH = frozenset({"contract", "reassoc", "arcp", "nsz"})
 
-PARALLEL_MIN_WORK = int(os.environ.get("NETDEF_PARALLEL_MIN_WORK", 1 << 21))
+PARALLEL_MIN_WORK = int(os.environ.get("NETDEF_PARALLEL_MIN_WORK", 1 << 20))
 
 OPTIONS = dict(cache=True, nogil=True, error_model="numpy", fastmath=set(FASTMATH))
 
