@@ -50,3 +50,17 @@ def test_disabled_jit_keeps_the_plain_function(monkeypatch):
 
     monkeypatch.setattr(numba.config, "DISABLE_JIT", True)
     assert parallel_kernel(_scale) is _scale
+
+
+@pytest.mark.parametrize("value", ["lots", "-5", "0"])
+def test_a_bad_thread_threshold_warns_and_keeps_the_default(value):
+    import subprocess
+    import sys
+
+    env = dict(os.environ, NETDEF_PARALLEL_MIN_WORK=value)
+    done = subprocess.run(
+        [sys.executable, "-c", "from netdef.kernels import _jit; print(_jit.PARALLEL_MIN_WORK)"],
+        capture_output=True, text=True, env=env, check=True)
+    assert done.stdout.strip() == str(1 << 20)
+    assert "NETDEF_PARALLEL_MIN_WORK" in done.stderr and "not a positive" in done.stderr
+    assert "Traceback" not in done.stderr

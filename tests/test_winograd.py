@@ -97,15 +97,20 @@ def _net(optimize):
     return net
 
 
-def test_optimized_plans_run_eligible_convolutions_as_winograd():
-    plain, fast = _net(False), _net(True)
-    for name in ("c1", "c2", "c3"):
-        for a, b in zip(fast.params[name], plain.params[name]):
+def _run_both(plain, fast, x, blob):
+    """Give ``fast`` the weights of ``plain``, run both on x; (want, got) of ``blob``."""
+    for name, blobs in plain.params.items():
+        for a, b in zip(fast.params[name], blobs):
             a.data[...] = b.data
     fast.params_changed()
+    want = plain.forward(data=x)[blob].copy()
+    return want, fast.forward(data=x)[blob]
+
+
+def test_optimized_plans_run_eligible_convolutions_as_winograd():
+    plain, fast = _net(False), _net(True)
     x = np.random.default_rng(4).standard_normal((4, 16, 13, 11)).astype(np.float32)
-    want = plain.forward(data=x)["c3"].copy()
-    got = fast.forward(data=x)["c3"]
+    want, got = _run_both(plain, fast, x, "c3")
     np.testing.assert_allclose(got, want, atol=1e-5 * np.abs(want).max(), rtol=0)
     log = " ".join(fast.plan_log)
     # c1 (with its BatchNorm and ReLU folded in) and grouped c2; c3 has stride 2
@@ -155,13 +160,8 @@ layer { name: "out" type: "Concat" bottom: "loc_flat" bottom: "conf_flat" top: "
 def test_heads_on_one_feature_map_share_the_input_transform():
     plain = Net(HEADS, phase="TEST", optimize=False, seed=5)
     fast = Net(HEADS, phase="TEST", optimize=True, seed=5)
-    for name in ("feat", "loc", "conf"):
-        for a, b in zip(fast.params[name], plain.params[name]):
-            a.data[...] = b.data
-    fast.params_changed()
     x = np.random.default_rng(6).standard_normal((2, 16, 10, 9)).astype(np.float32)
-    want = plain.forward(data=x)["out"].copy()
-    got = fast.forward(data=x)["out"]
+    want, got = _run_both(plain, fast, x, "out")
     np.testing.assert_allclose(got, want, atol=1e-5 * np.abs(want).max(), rtol=0)
     assert "(1 of them sharing another's input transform)" in " ".join(fast.plan_log)
     names = [s.name for s in fast._plan().steps]
@@ -183,12 +183,8 @@ def test_fused_relu_is_applied_with_the_bias_on_the_im2col_path():
         """
         plain = Net(text, phase="TEST", optimize=False, seed=7)
         fast = Net(text, phase="TEST", optimize=True, seed=7)
-        for a, b in zip(fast.params["c"], plain.params["c"]):
-            a.data[...] = b.data
-        fast.params_changed()
         x = np.random.default_rng(8).standard_normal((batch, 4, 9, 8)).astype(np.float32)
-        want = plain.forward(data=x)["r"].copy()
-        got = fast.forward(data=x)["r"]
+        want, got = _run_both(plain, fast, x, "r")
         assert [s.name for s in fast._plan().steps][-1] == "c+r"
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
         assert (want < 0).any()                  # the slope was exercised

@@ -188,8 +188,8 @@ class WinogradHeads:
         self.conv = members[0].conv
         self.name = "&".join(m.name for m in members)
         self.blobs = []
-        weight = np.concatenate([m.conv.blobs[0].data for m in members])
-        self.weights = winograd.WinogradWeights(weight, 1)
+        # ungrouped: the members' transformed weights stack along M
+        self.weights = winograd.WinogradWeights.stacked([m.winograd for m in members])
         self.heads = [(m.conv.blobs[1].data, m.relu_slope) for m in members]
 
     def forward(self, bottoms, tops):

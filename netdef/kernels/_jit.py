@@ -77,7 +77,26 @@ from numba.core.registry import CPUDispatcher  # noqa: E402
 
 FASTMATH = frozenset({"contract", "reassoc", "arcp", "nsz"})
 
-PARALLEL_MIN_WORK = int(os.environ.get("NETDEF_PARALLEL_MIN_WORK", 1 << 20))
+def _min_work_from_env(default: int = 1 << 20) -> int:
+    """NETDEF_PARALLEL_MIN_WORK as a positive element count; a value that is
+    not one is reported on stderr (importing must not fail) and the default used."""
+    text = os.environ.get("NETDEF_PARALLEL_MIN_WORK")
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        import sys
+
+        print(f"netdef: warning: NETDEF_PARALLEL_MIN_WORK={text!r} is not a positive "
+              f"number of elements; using {default}", file=sys.stderr)
+        return default
+    return value
+
+
+PARALLEL_MIN_WORK = _min_work_from_env()
 
 OPTIONS = dict(cache=True, nogil=True, error_model="numpy", fastmath=set(FASTMATH))
 

@@ -56,6 +56,14 @@ class WinogradWeights:
         self.u = np.stack([transform_weights(part) for part in
                            weight.reshape(group, m // group, cg, 3, 3)])
 
+    @classmethod
+    def stacked(cls, parts: list[WinogradWeights]) -> WinogradWeights:
+        """The weights of ungrouped convolutions of one input, one after
+        another along the output channels (for ``forward_heads``)."""
+        out = cls.__new__(cls)
+        out.u = np.concatenate([p.u for p in parts], axis=2)
+        return out
+
 
 def forward(layer, ww: WinogradWeights, bias: np.ndarray, relu_slope, bottoms, tops) -> None:
     """tops[i] = conv(bottoms[i]) + bias (then ReLU of ``relu_slope`` when
