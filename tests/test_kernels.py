@@ -276,6 +276,9 @@ def test_max_pool_of_nan_and_minus_inf_window_is_caffe_lowest():
     pytest.param(2, 6, 2, 2, 1, id="size1"),
     pytest.param(1, 9, 4, 5, 4, id="even-size"),
     pytest.param(2, 16, 16, 16, 5, id="parallel-path"),
+    # planes of 2115 positions: two runs per image (lrn._SPAN), the last one
+    # shorter, on the parallel build (33840 elements)
+    pytest.param(2, 8, 47, 45, 5, id="runs-of-a-plane"),
 ])
 @pytest.mark.parametrize("beta", [0.75, 0.6])  # 0.75 has its own fast path
 def test_lrn_across_forward_and_backward(n, c, h, w, size, beta):
