@@ -54,6 +54,12 @@ DW_CASES = [
     ("kernel_size: 3 pad: 4", (1, 2, 3, 3), 1),                        # rows entirely padding
     ("kernel_size: 3 pad: 1 bias_term: false", (1, 3, 5, 5), 1),
     ("kernel_size: 3 pad: 1", (2, 32, 40, 40), 1),                     # parallel kernel path
+    # 3x3 with strides: the plane split by row and column phase, read flat
+    ("kernel_size: 3 pad: 1 stride: 2", (1, 6, 14, 14), 2),            # even sizes (14 -> 7)
+    ("kernel_size: 3 pad: 1 stride_h: 2 stride_w: 1", (1, 3, 9, 8), 1),
+    ("kernel_size: 3 pad: 2 stride: 3", (1, 3, 10, 11), 1),
+    ("kernel_size: 3 stride: 2", (1, 2, 8, 9), 1),
+    ("kernel_size: 3 pad: 1 stride: 2", (2, 32, 45, 46), 1),           # parallel, stride 2
 ]
 
 
