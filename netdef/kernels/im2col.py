@@ -119,27 +119,36 @@ def im2col(x, n0, kh, kw, ph, pw, sh, sw, dh, dw, out_h, out_w, col):
 
 @helper
 def _col2im_channel(col, first, n, c, kh, kw, ph, pw, sh, sw, dh, dw, out_h, out_w, img):
+    """Image n's channel c from its kh*kw column rows; the loops run over
+    the rows that land inside the image only, through zero-based views, as
+    in ``_im2col_row``."""
     height, width = img.shape[2], img.shape[3]
+    plane = img[n, c]
     for y in range(height):
         for x in range(width):
-            img[n, c, y, x] = 0.0
+            plane[y, x] = 0.0
     for t in range(kh * kw):
         r = c * kh * kw + t
         i = t // kw
         j = t % kw
         w_off = j * dw - pw
         lo, hi = _valid_range(w_off, sw, width, out_w)
-        for oh in range(out_h):
-            ih = oh * sh - ph + i * dh
-            if ih < 0 or ih >= height:
-                continue
-            base = first + oh * out_w
+        top, bottom = _valid_range(i * dh - ph, sh, height, out_h)
+        count = hi - lo
+        src_row = col[r, first:]
+        for oh in range(top, bottom):
+            # both offsets are >= 0 by the definitions of lo and top
+            dst = plane[oh * sh + i * dh - ph][lo * sw + w_off:]
+            src = src_row[oh * out_w + lo:]
             if sw == 1:
-                for ow in range(lo, hi):
-                    img[n, c, ih, w_off + ow] += col[r, base + ow]
+                for k in range(count):
+                    dst[k] += src[k]
+            elif sw == 2:
+                for k in range(count):
+                    dst[2 * k] += src[k]
             else:
-                for ow in range(lo, hi):
-                    img[n, c, ih, w_off + ow * sw] += col[r, base + ow]
+                for k in range(count):
+                    dst[k * sw] += src[k]
 
 
 @parallel_kernel(fastmath=False)
