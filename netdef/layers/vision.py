@@ -103,12 +103,12 @@ _SCRATCH = threading.local()
 # floats (the bound on scratch memory; one image alone may exceed it).
 # Measured single-threaded, blocks cost no extra work over one image at a time
 # (AlexNet's convolutions, batch 10, within +-10% CPU time at every size).
-# The limit keeps a block's columns in the caches between im2col and the
-# GEMM: AlexNet's conv2 and conv1 at batch 10 now go one image at a time
-# (a 7 MB column matrix each), 3-6% faster in the medians of two runs than
-# blocks of 4 images under a 32 MiB limit.
+# Blocks of one image each (an 8 MiB limit), though their columns then stay
+# in cache, made AlexNet at batch 10 about 10% slower in the benchmark's
+# protocol (one forward after a pause; one run against three): ten times
+# the hand-overs.
 _GEMM_COLUMNS = 1 << 15
-_COLUMN_LIMIT = 1 << 21          # floats: 8 MiB
+_COLUMN_LIMIT = 1 << 23          # floats: 32 MiB
 
 
 def _scratch(name: str, size: int) -> np.ndarray:
