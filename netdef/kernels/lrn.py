@@ -89,13 +89,19 @@ def _across_span(x, n, lo, hi, size, alpha, beta, k, out, scale, acc):
 _SPAN = 1024
 
 
+@helper
+def _runs(plane):
+    """(runs per image, positions per run) for planes of ``plane`` positions."""
+    parts = max(1, min(8, plane // _SPAN))
+    return parts, -(-plane // parts)
+
+
 @parallel_kernel
 def lrn_across_forward(x, size, alpha, beta, k, out, scale):
     """Cross-channel LRN of x (N, C, H, W) into out and scale."""
     n_img, n_ch = x.shape[0], x.shape[1]
     plane = x.shape[2] * x.shape[3]
-    parts = max(1, min(8, plane // _SPAN))
-    span = -(-plane // parts)
+    parts, span = _runs(plane)
     xf = x.reshape((n_img, n_ch, plane))
     of = out.reshape((n_img, n_ch, plane))
     sf = scale.reshape((n_img, n_ch, plane))
@@ -151,8 +157,7 @@ def lrn_across_backward(x, out, scale, top_diff, size, alpha, beta, bottom_diff)
     """
     n_img, n_ch = x.shape[0], x.shape[1]
     plane = x.shape[2] * x.shape[3]
-    parts = max(1, min(8, plane // _SPAN))
-    span = -(-plane // parts)
+    parts, span = _runs(plane)
     shape = (n_img, n_ch, plane)
     xf, of, sf = x.reshape(shape), out.reshape(shape), scale.reshape(shape)
     df, bf = top_diff.reshape(shape), bottom_diff.reshape(shape)
