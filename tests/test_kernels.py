@@ -519,7 +519,12 @@ def test_mvn(shape, across, normalize_variance, eps):
 
 
 @pytest.mark.parametrize("shape", [pytest.param((2, 3, 1), id="tiny"), (3, 1000, 1),
-                                   pytest.param((2, 21, 1100), id="parallel-path"), (1, 1, 5)])
+                                   pytest.param((2, 21, 1100), id="parallel-path"), (1, 1, 5),
+                                   # rows of SSD's per-prior softmax (inner axis 1): the
+                                   # serial build, then several chunks on the parallel one
+                                   pytest.param((700, 2, 1), id="rows"),
+                                   pytest.param((1917, 21, 1), id="rows-parallel"),
+                                   pytest.param((1, 7, 1), id="one-row")])
 def test_softmax(shape):
     rng = np.random.default_rng(14)
     x = rand(rng, *shape, scale=5.0)

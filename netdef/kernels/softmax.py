@@ -42,10 +42,40 @@ def _softmax_task(x3, o, j0, j1, out3, tmp):
             out3[o, c, j] /= tmp[j - j0]
 
 
+@helper
+def _softmax_rows(x2, r0, r1, out2):
+    """Rows r0 .. r1-1 of x2 (rows, C), each softmaxed along its contiguous C."""
+    n_ch = x2.shape[1]
+    for r in range(r0, r1):
+        src, dst = x2[r], out2[r]
+        top = src[0]
+        for c in range(1, n_ch):
+            v = src[c]
+            top = v if v > top else top
+        total = np.float32(0.0)
+        for c in range(n_ch):
+            e = np.exp(src[c] - top)
+            dst[c] = e
+            total += e
+        scale = np.float32(1.0) / total
+        for c in range(n_ch):
+            dst[c] *= scale
+
+
 @parallel_kernel
 def softmax(x3, out3):
     """out3 = exp(x3 - max_c x3) / sum_c exp(x3 - max_c x3), over axis 1."""
     outer, inner = x3.shape[0], x3.shape[2]
+    if inner == 1:
+        # SSD's per-prior softmax (8732 x 2, 1917 x 21): each row is contiguous,
+        # so it is one short pass per row; through the strided tasks below a
+        # row cost ~30 ns per element in loop set-up alone (0.57 ms for the
+        # face detector's, measured)
+        x2, out2 = x3.reshape(outer, x3.shape[1]), out3.reshape(outer, x3.shape[1])
+        chunks = (outer + _BLOCK - 1) // _BLOCK
+        for p in prange(chunks):
+            _softmax_rows(x2, p * _BLOCK, min(outer, (p + 1) * _BLOCK), out2)
+        return
     nblk = (inner + _BLOCK - 1) // _BLOCK
     # with a short inner axis (SSD's per-prior softmax: inner 1, outer 8732)
     # a task takes several outer rows, so that tasks and scratch rows stay few
