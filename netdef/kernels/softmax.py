@@ -4,7 +4,8 @@ Per (outer, inner) position: subtract the maximum over C, exponentiate,
 divide by the sum.  Work is split into (outer, block of inner) tasks so a
 single image with a large spatial extent (FCN-style softmax) still uses
 both cores; within a task the C loop is outermost so the inner loop runs
-over contiguous memory.
+over contiguous memory. An inner axis of 1 (SSD's per-prior scores) is
+a plain row-by-row pass instead.
 
 Dtypes: x3/out3 float32 3-D C-contiguous.  out3 may be x3 (in place).
 ``softmax_backward`` takes the output y3 and the top diff dy3 the same way.
@@ -77,8 +78,8 @@ def softmax(x3, out3):
             _softmax_rows(x2, p * _BLOCK, min(outer, (p + 1) * _BLOCK), out2)
         return
     nblk = (inner + _BLOCK - 1) // _BLOCK
-    # with a short inner axis (SSD's per-prior softmax: inner 1, outer 8732)
-    # a task takes several outer rows, so that tasks and scratch rows stay few
+    # with a short inner axis (a few positions per row) a task takes several
+    # outer rows, so that tasks and scratch rows stay few
     rows = max(1, _BLOCK // inner)
     groups = (outer + rows - 1) // rows
     for p in prange(groups * nblk):
