@@ -59,8 +59,11 @@ def test_a_bad_thread_threshold_warns_and_keeps_the_default(value):
 
     env = dict(os.environ, NETDEF_PARALLEL_MIN_WORK=value)
     done = subprocess.run(
-        [sys.executable, "-c", "from netdef.kernels import _jit; print(_jit.PARALLEL_MIN_WORK)"],
+        [sys.executable, "-c", "from netdef.kernels import _jit; "
+         "print(_jit.PARALLEL_MIN_WORK, _jit.POOL_GEMM)"],
         capture_output=True, text=True, env=env, check=True)
-    assert done.stdout.strip() == str(1 << 20)
+    threshold, pool = done.stdout.split()
+    # the default: 64K elements when the GEMMs run on Numba's pool, 1M otherwise
+    assert int(threshold) == ((1 << 16) if pool == "True" else (1 << 20))
     assert "NETDEF_PARALLEL_MIN_WORK" in done.stderr and "not a positive" in done.stderr
     assert "Traceback" not in done.stderr

@@ -672,3 +672,77 @@ def test_bias_relu_is_relu_of_the_biased_rows():
     ew.relu(v.reshape(-1), 0.2, want.reshape(-1))
     ew.bias_relu(y, b, 0.2)
     np.testing.assert_array_equal(y, want)
+
+
+# ------------------------------------------------------------------ gemm ----
+from netdef.kernels import gemm  # noqa: E402
+
+# (a, b) builders: sizes chosen to take each path of gemm.matmul
+_R = np.random.default_rng(21)
+
+
+def _m(*shape):
+    return _R.standard_normal(shape).astype(np.float32)
+
+
+GEMM_CASES = {
+    "tiny": lambda: (_m(8, 9), _m(9, 10)),                       # serial build
+    "rows": lambda: (_m(300, 70), _m(70, 900)),                   # bands of rows
+    "columns": lambda: (_m(20, 64), _m(64, 1500)),                # bands of columns
+    "stack": lambda: (_m(36, 32, 24), _m(36, 24, 200)),           # one product per task
+    "stack-of-one": lambda: (_m(1, 64, 80), _m(1, 80, 300)),
+    "shared-a": lambda: (_m(48, 80), _m(3, 80, 200)),             # 2-D times a stack
+    "transposed": lambda: (_m(90, 120).T, _m(300, 90).T),
+    "row-vector": lambda: (_m(1, 900), _m(900, 700)),             # SGEMV over b
+    "row-vector-bt": lambda: (_m(1, 900), _m(700, 900).T),        # InnerProduct's w.T
+    "column-vector": lambda: (_m(700, 900), _m(900, 1)),
+    "column-vector-at": lambda: (_m(900, 700).T, _m(1, 900).T),
+    "short": lambda: (_m(3, 200), _m(200, 300)),                  # np.matmul's
+    "strided": lambda: (_m(40, 100)[:, ::2], _m(50, 60)),          # no unit stride
+}
+# the cases np.matmul serves even where the pool can run products
+NUMPY_CASES = {"short", "strided"}
+
+
+@pytest.mark.parametrize("accumulate", [False, True], ids=["set", "accumulate"])
+@pytest.mark.parametrize("case", list(GEMM_CASES))
+def test_gemm_matches_float64_product(case, accumulate, monkeypatch):
+    a, b = GEMM_CASES[case]()
+    want = np.matmul(a.astype(np.float64), b.astype(np.float64))
+    out = _m(*want.shape)
+    if accumulate:
+        want = want + out
+    else:
+        out[...] = np.nan          # beta = 0 must overwrite, not scale, what was there
+    if gemm.available() and case not in NUMPY_CASES:
+        # the pool must really serve it: numpy's fallback is not allowed here
+        monkeypatch.setattr(gemm, "_numpy", lambda *args: pytest.fail("fell back to numpy"))
+    gemm.matmul(a, b, out, accumulate=accumulate)
+    np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-4 * np.sqrt(a.shape[-1]))
+
+
+def test_gemm_writes_into_views_and_leaves_the_rest():
+    big = np.full((3, 50, 40), 7.0, np.float32)
+    a, b = _m(50, 30), _m(30, 20)
+    gemm.matmul(a, b, big[1, :, 10:30])          # rows 40 floats apart
+    np.testing.assert_allclose(big[1, :, 10:30], a.astype(np.float64) @ b, rtol=1e-4,
+                               atol=1e-4)
+    assert (big[0] == 7).all() and (big[2] == 7).all()
+    assert (big[1, :, :10] == 7).all() and (big[1, :, 30:] == 7).all()
+    column = np.full((60, 3), 7.0, np.float32)
+    m, v = _m(60, 500), _m(500, 1)
+    gemm.matmul(m, v, column[:, 1:2])            # SGEMV into a strided column
+    np.testing.assert_allclose(column[:, 1], (m.astype(np.float64) @ v)[:, 0], rtol=1e-4,
+                               atol=1e-3)
+    assert (column[:, 0] == 7).all() and (column[:, 2] == 7).all()
+
+
+def test_gemm_can_be_turned_off():
+    code = ("import numpy as np, netdef\nfrom netdef.kernels import gemm, _jit\n"
+            "a = np.ones((20, 30), np.float32); out = np.empty((20, 40), np.float32)\n"
+            "gemm.matmul(a, np.ones((30, 40), np.float32), out)\n"
+            "print(gemm.available(), _jit.POOL_GEMM, float(out[3, 4]))")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "NETDEF_GEMM": "numpy", "PYTHONPATH": str(ROOT)},
+                         check=True)
+    assert res.stdout.split() == ["False", "False", "30.0"]

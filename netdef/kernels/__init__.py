@@ -75,7 +75,24 @@ ALL_KERNELS: list[tuple[str, str]] = [
     ("depthwise", "depthwise_backward_weights"),
     ("winograd", "winograd_input"),
     ("winograd", "winograd_output"),
+    ("gemm", "products"),           # skipped by warmup without numpy's OpenBLAS
+    ("gemm", "vector_products"),
 ]
+
+
+def matmul(a, b, out, accumulate: bool = False) -> None:
+    """``out = a @ b`` (``+=`` when ``accumulate``) on Numba's thread pool:
+    ``netdef.kernels.gemm.matmul``, imported on first use so that layers
+    can call it without importing Numba at import time."""
+    from netdef.kernels.gemm import matmul as pool_matmul
+
+    pool_matmul(a, b, out, accumulate)
+
+
+def _pool_gemm() -> bool:
+    from netdef.kernels.gemm import available
+
+    return available()
 
 
 def get_kernel(module: str, name: str) -> Callable:
@@ -85,7 +102,8 @@ def get_kernel(module: str, name: str) -> Callable:
 
 def warmup(progress: Callable[[str], None] | None = None, *,
            compiled: list[str] | None = None) -> tuple[list[str], float]:
-    """Compile (or load from the Numba cache) every kernel in ALL_KERNELS.
+    """Compile (or load from the Numba cache) every kernel in ALL_KERNELS
+    (the GEMM kernels only where numpy's OpenBLAS can be called from them).
 
     Each kernel is called once on tiny dummy arrays of the documented
     dtypes, through both builds of a parallel kernel (see ``_jit``).
@@ -102,6 +120,8 @@ def warmup(progress: Callable[[str], None] | None = None, *,
         dotted = f"{module}.{name}"
         if progress is not None:
             progress(dotted)
+        if module == "gemm" and not _pool_gemm():
+            continue
         fn = get_kernel(module, name)
         builds = [fn, getattr(fn, "serial", None)]
         misses = _cache_misses(builds)
@@ -123,7 +143,8 @@ def warmup_command(quiet: bool = False) -> str:
     from netdef.progress import progress_bar
 
     compiled: list[str] = []
-    with progress_bar(total=len(ALL_KERNELS), desc="warmup", unit="kernel",
+    total = sum(1 for module, _ in ALL_KERNELS if module != "gemm" or _pool_gemm())
+    with progress_bar(total=total, desc="warmup", unit="kernel",
                       enabled=False if quiet else None) as bar:
         def step(name: str) -> None:
             if bar.n < step.calls:           # the previous kernel is done

@@ -34,17 +34,21 @@ are free, but a parallel region whose worker thread has been descheduled
 (any other busy process) waits for the next scheduler tick, 4-12 ms: 100x
 the whole cost of a small call, and gradient checks make thousands of them.
 
-PARALLEL_MIN_WORK is 1M elements (``NETDEF_PARALLEL_MIN_WORK`` overrides
-it). Inside a forward pass a kernel runs between GEMMs, while OpenBLAS's
-workers still spin on the other core, so a woken OpenMP worker waits for
-the core it needs: with a 32K-element threshold, kernels at batch 1 gained
-nothing from their second thread, and in the benchmark (forward passes
-after a pause, ratio to OpenCV in the same run) the face detector,
-MobileNet-SSD and MobileNet v1/v2 were 13-25% slower than with every
-kernel serial, and AlexNet at batch 1 6% slower than with a 2M threshold.
-Calls of 1M elements and more still split: AlexNet's second LRN at batch
-10 (1.9M) is 2x faster on two threads, and the net's ratio to OpenCV was
-0.79-0.80 with 1M against 0.85-0.87 with 2M (two runs each).
+PARALLEL_MIN_WORK is 64K elements when the GEMMs run on Numba's pool
+(``POOL_GEMM``, see ``gemm``), 1M otherwise; ``NETDEF_PARALLEL_MIN_WORK``
+overrides it. With OpenBLAS's own threads doing the GEMMs, its workers
+still spin on the other core while a kernel runs between two GEMMs, so a
+woken OpenMP worker waits for the core it needs: with a 32K threshold the
+face detector, MobileNet-SSD and MobileNet v1/v2 were 13-25% slower than
+with every kernel serial, hence 1M there (AlexNet's second LRN at batch 10,
+1.9M elements, still halves on two threads). With the GEMMs on the pool,
+OpenBLAS's workers sleep and the pool's spin for a few milliseconds
+(``GOMP_SPINCOUNT``, netdef/__init__), so a second thread pays off much
+earlier: a 384x14x14 depthwise layer took 0.13 ms serially and 0.07 ms on
+two spinning threads (0.15-0.19 ms with sleeping ones). Against OpenCV in
+the same run (100,000 spins), 64K gave MobileNet v2 0.87 and the face
+detector 1.11, 32K 0.89 and 1.12: within the noise, and 64K keeps more
+small calls on the serial build, which compiles faster.
 
 FASTMATH allows re-association (so float reductions vectorise), contraction
 into FMAs, reciprocal division and ignoring the sign of zero.  It does NOT
@@ -65,19 +69,27 @@ from __future__ import annotations
 
 import os
 
-# Idle OpenMP workers must sleep, not spin (see netdef/__init__.py, which
+# Idle OpenMP workers must not spin for long (see netdef/__init__.py, which
 # normally sets this first; repeated here for direct kernel imports).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import types  # noqa: E402
 
 import numpy as np  # noqa: E402
+
+from netdef.kernels._blas import find_blas  # noqa: E402
+
+# True when the GEMMs run on Numba's pool (kernels/gemm.py): OpenBLAS's own
+# workers then stay asleep, and the pool's may spin briefly between calls.
+POOL_GEMM = find_blas() is not None
+if POOL_GEMM:        # netdef/__init__ normally sets it first (see its _thread_policy)
+    os.environ.setdefault("GOMP_SPINCOUNT", "100000")
 from numba import njit, prange  # noqa: E402,F401  (prange re-exported for kernel modules)
 from numba.core.registry import CPUDispatcher  # noqa: E402
 
 FASTMATH = frozenset({"contract", "reassoc", "arcp", "nsz"})
 
-def _min_work_from_env(default: int = 1 << 20) -> int:
+def _min_work_from_env(default: int = (1 << 16) if POOL_GEMM else (1 << 20)) -> int:
     """NETDEF_PARALLEL_MIN_WORK as a positive element count; a value that is
     not one is reported on stderr (importing must not fail) and the default used."""
     text = os.environ.get("NETDEF_PARALLEL_MIN_WORK")

@@ -105,6 +105,28 @@ _ARGS = {
 }
 
 
+# the GEMM kernels take addresses: this buffer outlives their warm-up calls
+_GEMM_BUFFER = _f(12)
+
+
+def _gemm_args(vector: bool) -> tuple:
+    """A 2x2 product (or a 2x2 matrix times a 2-vector) inside _GEMM_BUFFER,
+    after registering the BLAS symbols the kernels link to."""
+    from netdef.kernels import gemm
+
+    gemm.available()
+    a = _GEMM_BUFFER.ctypes.data
+    beta = np.float32(0.0)
+    if vector:      # parts, trans, rows, cols, s, ld, step, x, incx, beta, y, incy
+        return (1, 111, 2, 2, a, 2, 8, a + 16, 1, beta, a + 32, 1)
+    # tasks, split, by_rows, m, n, k, a, ag, ar, ta, lda, b, bg, bc, tb, ldb, beta, c, cg, cr
+    return (1, 1, 1, 2, 2, 2, a, 0, 8, 111, 2, a + 16, 0, 4, 111, 2, beta, a + 32, 0, 8)
+
+
+_ARGS[("gemm", "products")] = lambda: _gemm_args(False)
+_ARGS[("gemm", "vector_products")] = lambda: _gemm_args(True)
+
+
 def dummy_args(module: str, name: str) -> tuple:
     """Fresh dummy arguments for one kernel."""
     return _ARGS[(module, name)]()

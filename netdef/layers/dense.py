@@ -10,6 +10,7 @@ import math
 import numpy as np
 
 from netdef.errors import InputError
+from netdef.kernels import matmul
 from netdef.layers.base import Layer, filler_param, register
 
 
@@ -61,7 +62,7 @@ class InnerProduct(Layer):
         x = bottoms[0].data.reshape(self.M, self.K)
         y = tops[0].data.reshape(self.M, self.num_output)
         w = self.blobs[0].data
-        np.matmul(x, w if self.transpose else w.T, out=y)
+        matmul(x, w if self.transpose else w.T, out=y)
         if self.bias_term:
             np.add(y, self.blobs[1].data, out=y)
 
@@ -71,12 +72,13 @@ class InnerProduct(Layer):
         w = self.blobs[0]
         if self.param_propagate_down[0]:
             # dW = dy^T x (or x^T dy when stored transposed), added to the diff
-            w.diff[...] += (x.T @ dy) if self.transpose else (dy.T @ x)
+            a, b = (x.T, dy) if self.transpose else (dy.T, x)
+            matmul(a, b, w.diff, accumulate=True)
         if self.bias_term and self.param_propagate_down[1]:
             self.blobs[1].diff[...] += dy.sum(axis=0)
         if propagate_down[0]:
             dx = bottoms[0].diff.reshape(self.M, self.K)
-            np.matmul(dy, w.data.T if self.transpose else w.data, out=dx)
+            matmul(dy, w.data.T if self.transpose else w.data, out=dx)
 
     def macs(self, bottoms, tops):
         return self.M * self.K * self.num_output

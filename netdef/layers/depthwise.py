@@ -106,6 +106,5 @@ class DepthwiseConvolution(Convolution):
         if self.bias_term:
             self.add_param((self.num_output,), filler_param(cp, "bias_filler"))
         self._token = object()
-        self._wgrad = None
         # forward/backward: Convolution's, which use this module's functions when
         # self.depthwise and its grouped GEMMs otherwise

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from netdef.kernels import matmul
 from netdef.layers.base import Layer, filler_param, register
 from netdef.layers.geometry import conv_out_size, deconv_out_size
 
@@ -227,7 +228,6 @@ class _ConvBase(Layer):
         if self.bias_term:
             self.add_param((self.num_output,), filler_param(cp, "bias_filler"))
         self._token = object()      # names this layer's columns in the shared buffer
-        self._wgrad = None
 
     def weight_shape(self) -> tuple[int, ...]:
         raise NotImplementedError
@@ -276,13 +276,11 @@ class _ConvBase(Layer):
                 self.blobs[1].diff[...] += top.diff.reshape(self.num, m, -1).sum(axis=(0, 2))
 
     def add_weight_grad(self, a: np.ndarray, b: np.ndarray) -> None:
-        """weight diff (viewed as a @ b's (g, p, q) shape) += a @ b."""
-        shape = (a.shape[0], a.shape[1], b.shape[2])
-        if self._wgrad is None or self._wgrad.shape != shape:
-            self._wgrad = np.empty(shape, np.float32)
-        np.matmul(a, b, out=self._wgrad)
-        dw = self.blobs[0].diff.reshape(shape)
-        dw += self._wgrad
+        """weight diff (viewed as a @ b's (g, p, q) shape) += a @ b, summed
+        in place by the GEMM (beta = 1): no product buffer."""
+        dw = self.blobs[0].diff.view()
+        dw.shape = (a.shape[0], a.shape[1], b.shape[2])      # a view, never a copy
+        matmul(a, b, dw, accumulate=True)
 
     def remember_columns(self, index: int, x: np.ndarray, n0: int, b: int) -> None:
         _SCRATCH.col_owner = (self._token, index, n0, b, x.ctypes.data, x.shape)
@@ -367,11 +365,11 @@ class Convolution(_ConvBase):
             for n0, b in self.blocks(self.block):
                 cols = self._columns(x, n0, b).reshape(g, kdim, b * plane)
                 if b == 1:
-                    np.matmul(w, cols, out=y[n0].reshape(g, m // g, plane))
+                    matmul(w, cols, out=y[n0].reshape(g, m // g, plane))
                     self._finish(y[n0])
                 else:
                     out = _scratch("out", m * b * plane).reshape(g, m // g, b * plane)
-                    np.matmul(w, cols, out=out)
+                    matmul(w, cols, out=out)
                     if self.relu_slope is None:
                         _scatter(out.reshape(m, b * plane), y, n0, b, bias)
                     else:
@@ -410,10 +408,10 @@ class Convolution(_ConvBase):
                 if not propagate_down[i]:
                     continue
                 if self.win.is_1x1 and b == 1:
-                    np.matmul(wt, dyt, out=dx[n0].reshape(g, kdim, plane))
+                    matmul(wt, dyt, out=dx[n0].reshape(g, kdim, plane))
                     continue
                 dcol = column_buffer(g * kdim, b * plane)
-                np.matmul(wt, dyt, out=dcol.reshape(g, kdim, b * plane))
+                matmul(wt, dyt, out=dcol.reshape(g, kdim, b * plane))
                 if self.win.is_1x1:
                     _scatter(dcol, dx, n0, b)
                 else:
@@ -468,11 +466,11 @@ class Deconvolution(_ConvBase):
             for n0, b in self.blocks(self.block):
                 xg = _gather(x, n0, b, "in").reshape(g, c // g, b * hw)
                 if self.win.is_1x1 and b == 1:
-                    np.matmul(wt, xg, out=y[n0].reshape(g, rows, hw))
+                    matmul(wt, xg, out=y[n0].reshape(g, rows, hw))
                     self.add_bias(y[n0].reshape(m, hw))
                     continue
                 col = column_buffer(g * rows, b * hw)
-                np.matmul(wt, xg, out=col.reshape(g, rows, b * hw))
+                matmul(wt, xg, out=col.reshape(g, rows, b * hw))
                 if self.win.is_1x1:
                     _scatter(col, y.reshape(self.num, m, hw), n0, b, bias)
                     continue
@@ -510,10 +508,10 @@ class Deconvolution(_ConvBase):
                 if not propagate_down[i]:
                     continue
                 if b == 1:
-                    np.matmul(w, dcol, out=dx[n0].reshape(g, c // g, hw))
+                    matmul(w, dcol, out=dx[n0].reshape(g, c // g, hw))
                 else:
                     out = _scratch("in", c * b * hw).reshape(g, c // g, b * hw)
-                    np.matmul(w, dcol, out=out)
+                    matmul(w, dcol, out=out)
                     _scatter(out.reshape(c, b * hw), dx, n0, b)
 
     def macs(self, bottoms, tops):

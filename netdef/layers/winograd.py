@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from netdef.kernels import matmul
 from netdef.layers.vision import _scratch
 
 MIN_CHANNELS = 16
@@ -96,10 +97,10 @@ def forward_heads(layer, ww: WinogradWeights, heads, bottom, tops) -> None:
         p = _scratch("winograd_p", 36 * m * t).reshape(36, m, t)
         winograd_input(x, n0, layer.win.ph, layer.win.pw, th, tw, v)
         if g == 1:
-            np.matmul(ww.u[0], v, out=p)
+            matmul(ww.u[0], v, out=p)
         else:
             for gi in range(g):
-                np.matmul(ww.u[gi], v[:, gi * cg:(gi + 1) * cg],
+                matmul(ww.u[gi], v[:, gi * cg:(gi + 1) * cg],
                           out=p[:, gi * mg:(gi + 1) * mg])
         m0 = 0
         for y, (bias, relu_slope) in zip(ys, heads, strict=True):
