@@ -15,13 +15,14 @@ DTYPE = np.float32
 
 
 class Blob:
-    __slots__ = ("_shape", "_data", "_diff", "name")
+    __slots__ = ("_shape", "_data", "_diff", "_follows", "name")
 
     def __init__(self, shape=(), name: str = ""):
         self.name = name
         self._shape: tuple[int, ...] = ()
         self._data: np.ndarray | None = None
         self._diff: np.ndarray | None = None
+        self._follows: Blob | None = None
         self.reshape(shape)
 
     # -- shape -------------------------------------------------------------
@@ -59,6 +60,8 @@ class Blob:
     # -- storage -------------------------------------------------------------
     @property
     def data(self) -> np.ndarray:
+        if self._follows is not None:
+            return self._follows.data.reshape(self._shape)
         if self._data is None:
             self._data = np.zeros(self._shape, DTYPE)
         return self._data
@@ -66,6 +69,7 @@ class Blob:
     @data.setter
     def data(self, value) -> None:
         self._data = self._checked(value, "data")
+        self._follows = None
 
     @property
     def diff(self) -> np.ndarray:
@@ -79,7 +83,7 @@ class Blob:
 
     @property
     def allocated(self) -> bool:
-        return self._data is not None
+        return self._data is not None or self._follows is not None
 
     def bind(self, data: np.ndarray | None = None, diff: np.ndarray | None = None) -> None:
         """Use the given arrays (e.g. arena views) as this blob's storage."""
@@ -89,10 +93,24 @@ class Blob:
             self.diff = diff
 
     def share_data(self, other: Blob) -> None:
-        """Alias this blob's data to another's (Split/Flatten/Reshape tops)."""
+        """Alias this blob's data to another's current array (Split/Flatten/Reshape tops)."""
         self._data = other.data.reshape(self._shape)
+        self._follows = None
+
+    def follow(self, other: Blob | None) -> None:
+        """Make ``data`` always be ``other``'s data, reshaped (None: stop).
+
+        For the tops of Split/Flatten/Reshape over a net input: the input
+        blob takes whatever array the user feeds, a new one each forward,
+        so a view taken when the plan was bound would go stale; following
+        the blob itself costs a reshape per access and never a copy.
+        Setting or binding ``data`` stops following."""
+        self._follows = other
+        if other is not None:
+            self._data = None
 
     def release(self) -> None:
+        self._follows = None
         self._data = None
         self._diff = None
 

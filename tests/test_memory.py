@@ -80,3 +80,45 @@ def test_shared_data_tops_extend_the_base_lifetime():
     plan.bind()
     a.data[...] = 7
     assert np.shares_memory(a.data, flat.data) and np.all(flat.data == 7)
+
+
+def test_views_of_a_net_input_follow_the_array_the_user_feeds():
+    # Split and Flatten over an input get no buffer: each forward the input
+    # blob holds a new user array, and their data is always that array
+    data = Blob((2, 3, 2, 2), "data")
+    s0, s1 = Blob((2, 3, 2, 2), "s0"), Blob((2, 3, 2, 2), "s1")
+    flat = Blob((2, 12), "flat")
+    out = Blob((2, 12), "out")
+    steps = [step([], [data]), step([data], [s0, s1], shares_data=True),
+             step([s1], [flat], shares_data=True), step([s0, flat], [out])]
+    plan = plan_memory(steps, external={id(data)}, keep={id(out)})
+    assert [b.blobs for b in plan.buffers] == [[out]]
+    plan.bind()
+    for value in (1.0, 2.0):
+        fed = np.full((2, 3, 2, 2), value, np.float32)
+        data.data = fed
+        for view in (s0, s1, flat):
+            assert np.shares_memory(view.data, fed) and view.data.shape == view.shape
+    # giving a follower storage of its own ends the aliasing
+    s1.bind(data=np.zeros((2, 3, 2, 2), np.float32))
+    assert not np.shares_memory(s1.data, data.data)
+
+
+def test_a_split_input_net_reads_each_fed_array_and_copies_nothing():
+    from netdef.net import Net
+
+    net = Net("""
+        layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 } } }
+        layer { name: "a" type: "Power" bottom: "data" top: "a" power_param { scale: 2 } }
+        layer { name: "b" type: "Power" bottom: "data" top: "b" power_param { shift: 1 } }
+        layer { name: "sum" type: "Eltwise" bottom: "a" bottom: "b" top: "sum" }
+        """, optimize=True)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        x = rng.standard_normal((2, 3)).astype(np.float32)
+        kept = x.copy()
+        out = net.forward(data=x)["sum"]
+        np.testing.assert_allclose(out, 3 * kept + 1, rtol=1e-6)
+        np.testing.assert_array_equal(x, kept)          # the user's array is not written
+        split = next(s for s in net._plan().steps if s.layer.type == "Split")
+        assert all(np.shares_memory(t.data, x) for t in split.tops)

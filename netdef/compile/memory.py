@@ -6,7 +6,8 @@ share memory; others may. Buffers are placed greedily, largest first, at the
 lowest arena offset that does not collide with an already placed buffer
 whose lifetime overlaps. In-place tops are the same Blob as their bottom;
 tops of ``shares_data`` layers (Split, Flatten, Reshape) are views of their
-bottom's buffer and extend its lifetime.
+bottom's buffer and extend its lifetime; over a net input (which keeps its
+own storage) they follow the input blob (``Blob.follow``) and need none.
 
 Set NETDEF_NO_MEMORY_PLAN=1 to give every buffer its own memory (for
 bisecting numerical differences).
@@ -49,6 +50,7 @@ class MemoryPlan:
     arena_size: int                    # elements
     naive_size: int                    # elements without reuse
     views: dict[int, tuple[int, tuple]] = field(default_factory=dict)  # id(blob) -> (offset, shape)
+    follows: list[tuple[Blob, Blob]] = field(default_factory=list)     # (top, the input it follows)
     log: list[str] = field(default_factory=list)
 
     def bind(self, arena: np.ndarray | None = None) -> np.ndarray:
@@ -76,6 +78,8 @@ class MemoryPlan:
                     blob.bind(data=part)
         for blob, contents in saved:
             blob.data[...] = contents
+        for top, source in self.follows:
+            top.follow(source)
         return arena
 
 
@@ -98,6 +102,8 @@ def plan_memory(steps, external: set[int], keep: set[int], reuse: bool = True,
         reuse = False
     owner: dict[int, Buffer] = {}
     buffers: list[Buffer] = []
+    follows: list[tuple[Blob, Blob]] = []
+    outside = set(external)          # storage of its own: inputs, and the tops following them
     for i, step in enumerate(steps):
         for b in step.bottoms:
             buf = owner.get(id(b))
@@ -105,8 +111,12 @@ def plan_memory(steps, external: set[int], keep: set[int], reuse: bool = True,
                 buf.end = max(buf.end, i)
         base = owner.get(id(step.bottoms[0])) if step.bottoms else None
         for top in step.tops:
-            if id(top) in owner or id(top) in external:
+            if id(top) in owner or id(top) in outside:
                 continue                       # in place, or user-owned
+            if step.layer.shares_data and step.bottoms and id(step.bottoms[0]) in outside:
+                follows.append((top, step.bottoms[0]))
+                outside.add(id(top))
+                continue
             if step.layer.shares_data and base is not None:
                 base.blobs.append(top)
                 base.end = max(base.end, i)
@@ -123,7 +133,7 @@ def plan_memory(steps, external: set[int], keep: set[int], reuse: bool = True,
             buf.end = FOREVER
     naive = sum(_round(b.size) for b in buffers)
     arena = _place(buffers) if reuse else _place_disjoint(buffers)
-    plan = MemoryPlan(buffers, arena, naive)
+    plan = MemoryPlan(buffers, arena, naive, follows=follows)
     mib = 4 / 2**20
     grads = sum(buf.diff for buf in buffers)
     kinds = f"{len(buffers) - grads} activation" + (f" and {grads} gradient" if grads else "")
