@@ -180,6 +180,28 @@ def test_deconvolution_by_col2im(n, c, h, w, m, k, s, p, d, group):
           ref.deconv2d_reference(x, wt, b, s, p, d, group), atol=1e-5)
 
 
+@pytest.mark.parametrize("band", [1, 2, 5])
+@pytest.mark.parametrize("n,c,h,w,m,k,s,p,d,group", GEMM_CASES)
+def test_convolution_in_bands_of_output_rows(n, c, h, w, m, k, s, p, d, group, band):
+    """conv_bands (im2col of a band, SGEMM, bias and ReLU per task) against
+    the reference, with and without a leaky ReLU, over bands that do not
+    divide the output height; every output value is written."""
+    from netdef.kernels import gemm
+
+    if not gemm.available():
+        pytest.skip("conv_bands calls numpy's OpenBLAS, which cannot be called here")
+    rng = np.random.default_rng(5)
+    kh, kw = pair(k)
+    x, wt, b = rand(rng, n, c, h, w), rand(rng, m, c // group, kh, kw), rand(rng, m)
+    expected = ref.conv2d_reference(x, wt, b, s, p, d, group)
+    g = geometry(h, w, k, s, p, d)
+    for relu, slope in ((0, 0.0), (1, 0.0), (1, 0.25)):
+        y = np.full((n, m, g[-2] * g[-1]), np.nan, np.float32)
+        i2c.conv_bands(x, wt.reshape(m, -1), b, relu, np.float32(slope), *g[:-2], group, band, y)
+        want = expected if not relu else np.maximum(expected, 0) + slope * np.minimum(expected, 0)
+        close(y.reshape(expected.shape), want, atol=1e-5)
+
+
 # ---------------------------------------------------------------- pooling
 
 # (N, C, H, W, kernel, stride, pad, ceil_mode)

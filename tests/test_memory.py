@@ -120,5 +120,7 @@ def test_a_split_input_net_reads_each_fed_array_and_copies_nothing():
         out = net.forward(data=x)["sum"]
         np.testing.assert_allclose(out, 3 * kept + 1, rtol=1e-6)
         np.testing.assert_array_equal(x, kept)          # the user's array is not written
-        split = next(s for s in net._plan().steps if s.layer.type == "Split")
+        plan = net._plan()
+        k, split = next((k, s) for k, s in enumerate(plan.steps) if s.layer.type == "Split")
         assert all(np.shares_memory(t.data, x) for t in split.tops)
+        assert k in plan.idle                  # the step is not even called

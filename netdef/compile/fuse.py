@@ -54,8 +54,18 @@ class FusedConvolution:
         if conv.type == "Convolution":
             # Convolution applies the ReLU with the bias, in one pass
             self.conv.relu_slope = relu_slope
+        self.band = 0
+        if self.winograd is None and conv.type == "Convolution":
+            from netdef.layers.vision import column_bands
+
+            self.band = column_bands(self.conv)
 
     def forward(self, bottoms, tops):
+        if self.band:
+            from netdef.layers.vision import forward_bands
+
+            forward_bands(self.conv, self.band, self.relu_slope, bottoms, tops)
+            return
         if self.winograd is not None:
             from netdef.layers import winograd
 

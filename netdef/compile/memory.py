@@ -51,6 +51,7 @@ class MemoryPlan:
     naive_size: int                    # elements without reuse
     views: dict[int, tuple[int, tuple]] = field(default_factory=dict)  # id(blob) -> (offset, shape)
     follows: list[tuple[Blob, Blob]] = field(default_factory=list)     # (top, the input it follows)
+    aliased: set[int] = field(default_factory=set)   # ids of shares_data tops that are their bottom's memory
     log: list[str] = field(default_factory=list)
 
     def bind(self, arena: np.ndarray | None = None) -> np.ndarray:
@@ -103,6 +104,7 @@ def plan_memory(steps, external: set[int], keep: set[int], reuse: bool = True,
     owner: dict[int, Buffer] = {}
     buffers: list[Buffer] = []
     follows: list[tuple[Blob, Blob]] = []
+    aliased: set[int] = set()
     outside = set(external)          # storage of its own: inputs, and the tops following them
     for i, step in enumerate(steps):
         for b in step.bottoms:
@@ -116,8 +118,10 @@ def plan_memory(steps, external: set[int], keep: set[int], reuse: bool = True,
             if step.layer.shares_data and step.bottoms and id(step.bottoms[0]) in outside:
                 follows.append((top, step.bottoms[0]))
                 outside.add(id(top))
+                aliased.add(id(top))
                 continue
             if step.layer.shares_data and base is not None:
+                aliased.add(id(top))
                 base.blobs.append(top)
                 base.end = max(base.end, i)
                 owner[id(top)] = base
@@ -133,7 +137,7 @@ def plan_memory(steps, external: set[int], keep: set[int], reuse: bool = True,
             buf.end = FOREVER
     naive = sum(_round(b.size) for b in buffers)
     arena = _place(buffers) if reuse else _place_disjoint(buffers)
-    plan = MemoryPlan(buffers, arena, naive, follows=follows)
+    plan = MemoryPlan(buffers, arena, naive, follows=follows, aliased=aliased)
     mib = 4 / 2**20
     grads = sum(buf.diff for buf in buffers)
     kinds = f"{len(buffers) - grads} activation" + (f" and {grads} gradient" if grads else "")

@@ -28,16 +28,26 @@ class Plan:
     # step index -> top blobs whose (arena) diff must be zeroed before that
     # step's backward, because no other step writes it
     zero_diffs: dict[int, list] = field(default_factory=dict)
+    # indices of steps whose forward has nothing to do: Split/Flatten/Reshape
+    # whose tops the memory plan made views of the bottom (a Split's call
+    # alone cost 10 us per top, checking that it need not copy)
+    idle: frozenset[int] = frozenset()
 
     def run(self, start: int = 0, end: int | None = None, timings: dict | None = None) -> None:
         """Forward steps[start:end+1]. With ``timings``, accumulate seconds per step name."""
         stop = len(self.steps) if end is None else end + 1
+        idle = self.idle
         if timings is None:
-            for step in self.steps[start:stop]:
-                step.layer.forward(step.bottoms, step.tops)
+            for i in range(start, stop):
+                if i not in idle:
+                    step = self.steps[i]
+                    step.layer.forward(step.bottoms, step.tops)
             return
         clock = time.perf_counter
-        for step in self.steps[start:stop]:
+        for i in range(start, stop):
+            if i in idle:
+                continue
+            step = self.steps[i]
             t0 = clock()
             step.layer.forward(step.bottoms, step.tops)
             timings[step.name] = timings.get(step.name, 0.0) + clock() - t0
@@ -105,7 +115,9 @@ def build_plan(inst: Instance, *, reuse: bool, fuse: bool = False, keep_names=()
     memory = plan_memory(steps, external, keep, reuse=reuse, backward=backward)
     check_plan_fits(inst, memory, arena)     # a clear error, not numpy's MemoryError
     arena = memory.bind(arena)
-    return Plan(steps, memory, arena, log + memory.log, _unwritten_diffs(steps, memory))
+    idle = frozenset(i for i, s in enumerate(steps) if s.layer.shares_data and s.tops
+                     and all(id(t) in memory.aliased for t in s.tops))
+    return Plan(steps, memory, arena, log + memory.log, _unwritten_diffs(steps, memory), idle)
 
 
 def _unwritten_diffs(steps, memory: MemoryPlan) -> dict[int, list]:

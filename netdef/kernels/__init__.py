@@ -19,6 +19,7 @@ from collections.abc import Callable
 ALL_KERNELS: list[tuple[str, str]] = [
     ("im2col", "im2col"),
     ("im2col", "col2im"),
+    ("im2col", "conv_bands"),       # calls numpy's OpenBLAS: skipped by warmup without it
     ("pooling", "max_pool_forward"),
     ("pooling", "max_pool_forward_values"),
     ("pooling", "max_pool_3x3_values"),
@@ -79,6 +80,10 @@ ALL_KERNELS: list[tuple[str, str]] = [
     ("gemm", "vector_products"),
 ]
 
+# the kernels that call numpy's OpenBLAS (kernels.gemm): compiled only where it can be called
+NEEDS_BLAS = frozenset({("gemm", "products"), ("gemm", "vector_products"),
+                        ("im2col", "conv_bands")})
+
 
 def matmul(a, b, out, accumulate: bool = False) -> None:
     """``out = a @ b`` (``+=`` when ``accumulate``) on Numba's thread pool:
@@ -120,7 +125,7 @@ def warmup(progress: Callable[[str], None] | None = None, *,
         dotted = f"{module}.{name}"
         if progress is not None:
             progress(dotted)
-        if module == "gemm" and not _pool_gemm():
+        if (module, name) in NEEDS_BLAS and not _pool_gemm():
             continue
         fn = get_kernel(module, name)
         builds = [fn, getattr(fn, "serial", None)]
@@ -143,7 +148,7 @@ def warmup_command(quiet: bool = False) -> str:
     from netdef.progress import progress_bar
 
     compiled: list[str] = []
-    total = sum(1 for module, _ in ALL_KERNELS if module != "gemm" or _pool_gemm())
+    total = sum(1 for kernel in ALL_KERNELS if kernel not in NEEDS_BLAS or _pool_gemm())
     with progress_bar(total=total, desc="warmup", unit="kernel",
                       enabled=False if quiet else None) as bar:
         def step(name: str) -> None:

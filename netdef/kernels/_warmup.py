@@ -123,6 +123,16 @@ def _gemm_args(vector: bool) -> tuple:
     return (1, 1, 1, 2, 2, 2, a, 0, 8, 111, 2, a + 16, 0, 4, 111, 2, beta, a + 32, 0, 8)
 
 
+def _conv_bands_args() -> tuple:
+    """A 3x3 convolution of one 4x4 plane into two, in bands of two rows."""
+    from netdef.kernels import gemm
+
+    gemm.available()
+    return (_f(1, 1, 4, 4), _f(2, 9), _f(2), 1, np.float32(0.0), 3, 3, 1, 1, 1, 1, 1, 1, 1, 2,
+            _f(1, 2, 16))
+
+
+_ARGS[("im2col", "conv_bands")] = _conv_bands_args
 _ARGS[("gemm", "products")] = lambda: _gemm_args(False)
 _ARGS[("gemm", "vector_products")] = lambda: _gemm_args(True)
 

@@ -23,7 +23,12 @@ on the calling thread below PARALLEL_MIN_WORK column entries.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from netdef.kernels._jit import helper, parallel_kernel, prange
+from netdef.kernels.gemm import _NO_TRANS, _ROW_MAJOR, _sgemm, _threads_local
+
+_ZERO = np.float32(0.0)
 
 
 @helper
@@ -62,8 +67,9 @@ def _copy_strided(src, dst, count, sw):
 
 
 @helper
-def _im2col_row(x, n, r, kh, kw, ph, pw, sh, sw, dh, dw, out_h, out_w, col, first):
-    """Row r of image n's columns, written at col[r, first:first + out_h*out_w].
+def _im2col_row(x, n, r, kh, kw, ph, pw, sh, sw, dh, dw, oh0, oh1, out_w, out):
+    """Row r of image n's columns for output rows oh0 .. oh1-1, written to
+    the 1-D view ``out`` ((oh1 - oh0) * out_w values).
 
     The output rows whose input row is padding are zeroed first; each of
     the others is one strided copy, with zeros either side where the tap
@@ -77,22 +83,24 @@ def _im2col_row(x, n, r, kh, kw, ph, pw, sh, sw, dh, dw, out_h, out_w, col, firs
     j = r % kw
     w_off = j * dw - pw
     lo, hi = _valid_range(w_off, sw, width, out_w)
-    top, bottom = _valid_range(i * dh - ph, sh, height, out_h)
-    out = col[r, first:first + out_h * out_w]
-    for q in range(top * out_w):
+    top, bottom = _valid_range(i * dh - ph, sh, height, oh1)
+    top, bottom = max(top, oh0), max(bottom, oh0)
+    top = min(top, bottom)
+    for q in range((top - oh0) * out_w):
         out[q] = 0.0
-    tail = out[bottom * out_w:]
-    for q in range((out_h - bottom) * out_w):
+    tail = out[(bottom - oh0) * out_w:]
+    for q in range((oh1 - bottom) * out_w):
         tail[q] = 0.0
     plane = x[n, c]
     # lo * sw + w_off >= 0 and (oh * sh + i * dh - ph) >= 0 for oh >= top,
     # by the definitions of lo and top
     if lo == 0 and hi == out_w:
         for oh in range(top, bottom):
-            _copy_strided(plane[oh * sh + i * dh - ph][w_off:], out[oh * out_w:], out_w, sw)
+            _copy_strided(plane[oh * sh + i * dh - ph][w_off:], out[(oh - oh0) * out_w:],
+                          out_w, sw)
         return
     for oh in range(top, bottom):
-        dst = out[oh * out_w:]
+        dst = out[(oh - oh0) * out_w:]
         for q in range(lo):
             dst[q] = 0.0
         _copy_strided(plane[oh * sh + i * dh - ph][lo * sw + w_off:], dst[lo:], hi - lo, sw)
@@ -112,9 +120,9 @@ def im2col(x, n0, kh, kw, ph, pw, sh, sw, dh, dw, out_h, out_w, col):
     plane = out_h * out_w
     tasks = (col.shape[1] // plane) * rows
     for t in prange(tasks):
-        b = t // rows
-        _im2col_row(x, n0 + b, t % rows, kh, kw, ph, pw, sh, sw, dh, dw, out_h, out_w,
-                    col, b * plane)
+        b, r = t // rows, t % rows
+        _im2col_row(x, n0 + b, r, kh, kw, ph, pw, sh, sw, dh, dw, 0, out_h, out_w,
+                    col[r, b * plane:(b + 1) * plane])
 
 
 @helper
@@ -168,3 +176,57 @@ def col2im(col, n0, kh, kw, ph, pw, sh, sw, dh, dw, out_h, out_w, img):
         b = t // n_ch
         _col2im_channel(col, b * plane, n0 + b, t % n_ch, kh, kw, ph, pw, sh, sw, dh, dw,
                         out_h, out_w, img)
+
+
+@helper
+def _out_size(size, k, stride, pad, dilation):
+    return (size + 2 * pad - (dilation * (k - 1) + 1)) // stride + 1
+
+
+@parallel_kernel
+def conv_bands(x, w, bias, relu, slope, kh, kw, ph, pw, sh, sw, dh, dw, group, band, y):
+    """y (N, M, OH*OW) = the convolution of x (N, C, H, W) with w (M, C/group*kh*kw)
+    plus bias (M,), then, if ``relu`` (an int) is not 0, ReLU with negative
+    slope ``slope`` (float32). OW follows from the geometry, OH from y.
+
+    One task per (image, group, band of ``band`` output rows): im2col of
+    the band into a buffer of the task's own, small enough to stay in
+    cache, one single-threaded SGEMM from it into the band of y (leading
+    dimension OH*OW), then bias and ReLU over what the SGEMM just wrote.
+    A whole-image column matrix (3.3M values for the face detector's 7x7
+    first layer) would be written to memory and read back instead.
+    Needs the BLAS of kernels.gemm (``gemm.available()``)."""
+    n_img = x.shape[0]
+    m_all, plane = y.shape[1], y.shape[2]
+    out_w = _out_size(x.shape[3], kw, sw, pw, dw)
+    out_h = plane // out_w
+    kdim = x.shape[1] // group * kh * kw
+    m_g = m_all // group
+    bands = -(-out_h // band)
+    tasks = n_img * group * bands
+    w_addr, y_addr = w.ctypes.data, y.ctypes.data
+    for t in prange(tasks):
+        n, gi, bi = t // (group * bands), (t // bands) % group, t % bands
+        oh0 = bi * band
+        oh1 = min(out_h, oh0 + band)
+        cols = (oh1 - oh0) * out_w
+        col = np.empty((kdim, cols), np.float32)
+        for r in range(kdim):
+            _im2col_row(x, n, gi * kdim + r, kh, kw, ph, pw, sh, sw, dh, dw, oh0, oh1, out_w,
+                        col[r])
+        first = (n * m_all + gi * m_g) * plane + oh0 * out_w
+        before = _threads_local(1)
+        _sgemm(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, m_g, cols, kdim, np.float32(1.0),
+               w_addr + gi * m_g * kdim * 4, kdim, col.ctypes.data, cols, np.float32(0.0),
+               y_addr + first * 4, plane)
+        _threads_local(before)
+        for m in range(gi * m_g, (gi + 1) * m_g):
+            b = bias[m]
+            seg = y[n, m, oh0 * out_w:oh1 * out_w]
+            if relu != 0:       # Caffe's expression (NaN stays NaN)
+                for q in range(cols):
+                    v = seg[q] + b
+                    seg[q] = (v if v > 0 else _ZERO) + slope * (v if v < 0 else _ZERO)
+            else:
+                for q in range(cols):
+                    seg[q] += b
