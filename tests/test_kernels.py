@@ -193,6 +193,7 @@ def test_convolution_in_bands_of_output_rows(n, c, h, w, m, k, s, p, d, group, b
     rng = np.random.default_rng(5)
     kh, kw = pair(k)
     x, wt, b = rand(rng, n, c, h, w), rand(rng, m, c // group, kh, kw), rand(rng, m)
+    x[-1, -1, 0, 0] = np.nan         # the ReLU keeps NaN, as Caffe's does
     expected = ref.conv2d_reference(x, wt, b, s, p, d, group)
     g = geometry(h, w, k, s, p, d)
     for relu, slope in ((0, 0.0), (1, 0.0), (1, 0.25)):
@@ -517,6 +518,26 @@ def test_batchnorm_by_mean_var_and_affine(shape):
     # inference with stored blobs scaled by the moving-average factor, in place
     normalization.channel_affine(x, inv, (-mean * inv).astype(np.float32), x)
     close(x, ref.batchnorm_reference(x64, mean * 4.0, var * 4.0, 1e-5, 4.0), atol=1e-5)
+
+
+@pytest.mark.parametrize("slope", [None, 0.0, 0.2])
+@pytest.mark.parametrize("shape", [(2, 3, 5), pytest.param((2, 16, 4096), id="parallel-path")])
+def test_channel_affine_relu_is_relu_of_the_affine_map(shape, slope):
+    rng = np.random.default_rng(13)
+    x = rand(rng, *shape, scale=2.0)
+    x[0, 0, :2] = [np.nan, -np.inf]
+    scale, shift = rand(rng, shape[1]), rand(rng, shape[1])
+    want = x.astype(np.float64) * scale[:, None] + shift[:, None]
+    if slope is not None:       # std::max(v, 0) + slope * std::min(v, 0): NaN stays NaN
+        with np.errstate(invalid="ignore"):     # and 0 * -inf is NaN, as in Caffe
+            want = np.where(want < 0, 0, want) + slope * np.where(0 < want, 0, want)
+    relu = 0 if slope is None else 1
+    out = np.full_like(x, np.nan)
+    normalization.channel_affine_relu(x, scale, shift, relu, np.float32(slope or 0), out)
+    close(out, want, atol=1e-6)
+    assert np.isnan(out[0, 0, 0])
+    normalization.channel_affine_relu(x, scale, shift, relu, np.float32(slope or 0), x)  # in place
+    close(x, want, atol=1e-6)
 
 
 @pytest.mark.parametrize("eps", [1e-9, 0.5])  # 0.5 tells sqrt(var) + eps from sqrt(var + eps)

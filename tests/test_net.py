@@ -109,6 +109,98 @@ def test_optimized_plan_fuses_and_saves_memory():
     assert "memory:" in log
 
 
+PRE_ACTIVATION = """
+name: "pre_activation"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 6 dim: 6 } } }
+layer { name: "data_bn" type: "BatchNorm" bottom: "data" top: "data_bn" }
+layer { name: "data_scale" type: "Scale" bottom: "data_bn" top: "data_bn" scale_param { bias_term: true } }
+layer { name: "conv1" type: "Convolution" bottom: "data_bn" top: "conv1"
+        convolution_param { num_output: 3 kernel_size: 3 pad: 1 } }
+layer { name: "sum" type: "Eltwise" bottom: "conv1" bottom: "data_bn" top: "sum" }
+layer { name: "bn1" type: "BatchNorm" bottom: "sum" top: "bn1" }
+layer { name: "scale1" type: "Scale" bottom: "bn1" top: "bn1" scale_param { bias_term: true } }
+layer { name: "relu1" type: "ReLU" bottom: "bn1" top: "bn1" relu_param { negative_slope: 0.1 } }
+layer { name: "conv2" type: "Convolution" bottom: "bn1" top: "conv2"
+        convolution_param { num_output: 2 kernel_size: 1 } }
+"""
+
+
+@pytest.mark.parametrize("keep", [(), ("data_bn",), ("bn1",)])
+def test_batchnorm_chains_after_no_convolution_run_as_one_affine_map(keep):
+    """A pre-activation block: BN/Scale(/ReLU) on the input and after a sum
+    become one step each, unless the caller keeps a blob inside the chain."""
+    x = np.random.default_rng(1).standard_normal((2, 3, 6, 6)).astype(np.float32)
+    plain = Net(PRE_ACTIVATION, keep=keep)
+    randomize_weights(plain, seed=3)
+    for name in ("data_bn", "bn1"):     # statistics away from 0/1, factor 2
+        plain.params[name][0].data[...] = np.array([0.4, -1.0, 2.0])
+        plain.params[name][1].data[...] = np.array([0.5, 3.0, 0.2])
+        plain.params[name][2].data[...] = 2.0
+    fused = Net(PRE_ACTIVATION, optimize=True, keep=keep)
+    for name, blobs in plain.params.items():
+        for src, dst in zip(blobs, fused.params[name]):
+            dst.data[...] = src.data
+    fused.reshape()          # the plan folds the weights it sees now
+    want = plain.forward(data=x)["conv2"].copy()
+    np.testing.assert_allclose(fused.forward(data=x)["conv2"], want, rtol=1e-5, atol=1e-6)
+    for name in keep:
+        np.testing.assert_allclose(fused.blobs[name].data, plain.blobs[name].data, rtol=1e-5)
+    affine = {"data_bn+data_scale", "bn1+scale1+relu1"}
+    steps = {s.name for s in fused._plan().steps}
+    assert affine & steps == {n for n in affine if n.split("+")[0] not in keep}
+    # a chain cut by a kept blob runs its BatchNorm/Scale pieces as affine
+    # maps; relu1, cut from scale1 by the kept bn1, stays a ReLU
+    count = 4 if "bn1" in keep else 5
+    assert f"{count} other BatchNorm/Scale/ReLU layers" in " ".join(fused.plan_log)
+
+
+NAN_PATHS = """
+name: "nan_paths"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 51 dim: 51 } } }
+layer { name: "bn" type: "BatchNorm" bottom: "data" top: "bn" }
+layer { name: "relu0" type: "ReLU" bottom: "bn" top: "bn" }
+layer { name: "big" type: "Convolution" bottom: "bn" top: "big"
+        convolution_param { num_output: 16 kernel_size: 7 pad: 3 } }
+layer { name: "relu1" type: "ReLU" bottom: "big" top: "big" relu_param { negative_slope: 0.5 } }
+layer { name: "dw" type: "Convolution" bottom: "big" top: "dw"
+        convolution_param { num_output: 16 group: 16 kernel_size: 3 pad: 1 } }
+layer { name: "relu2" type: "ReLU" bottom: "dw" top: "dw" }
+layer { name: "wino" type: "Convolution" bottom: "dw" top: "wino"
+        convolution_param { num_output: 8 kernel_size: 3 pad: 1 } }
+layer { name: "relu3" type: "ReLU" bottom: "wino" top: "wino" }
+"""
+
+
+def test_fused_relus_keep_nan_as_caffe_does():
+    """Every fused ReLU (one-pass affine, banded, depthwise and Winograd
+    convolutions) is Caffe's max(v, 0) + slope * min(v, 0): NaN stays NaN."""
+    x = np.random.default_rng(2).standard_normal((1, 3, 51, 51)).astype(np.float32)
+    x[0, 1, 25, 25] = np.nan
+    plain = Net(NAN_PATHS)
+    randomize_weights(plain, seed=4)
+    fused = Net(NAN_PATHS, optimize=True, keep=("dw",))
+    for name, blobs in plain.params.items():
+        for src, dst in zip(blobs, fused.params[name]):
+            dst.data[...] = src.data
+    fused.reshape()
+    kinds = {type(s.layer).__name__ + ("/bands" if getattr(s.layer, "band", 0) else "")
+             + ("/winograd" if getattr(s.layer, "winograd", None) is not None else "")
+             for s in fused._plan().steps}
+    if {"FusedConvolution/bands", "FusedConvolution/winograd"} - kinds:
+        pytest.skip(f"this numpy's BLAS cannot be called from kernels: {sorted(kinds)}")
+    plain.forward(data=x)
+    fused.forward(data=x)
+    want, got = plain.blobs["dw"].data, fused.blobs["dw"].data
+    assert np.isnan(want).any() and not np.isnan(want).all()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, equal_nan=True)
+    # Winograd's transforms mix each 6x6 input tile, so a NaN reaches more
+    # outputs than a direct convolution's; none of them may become a number
+    want, got = plain.blobs["wino"].data, fused.blobs["wino"].data
+    assert np.isnan(got[np.isnan(want)]).all()
+    finite = ~np.isnan(got)
+    np.testing.assert_allclose(got[finite], want[finite], rtol=1e-4, atol=1e-5)
+
+
 def test_fusion_can_be_switched_off(monkeypatch):
     monkeypatch.setenv("NETDEF_NO_FUSE", "1")
     net = Net(SMALL, optimize=True)

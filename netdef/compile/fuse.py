@@ -28,6 +28,9 @@ from netdef.frontend.graph import Node
 # Layer types whose output channels take a per-channel affine map into their
 # weights: Convolution and the fork spellings of depthwise convolution.
 _FOLDABLE = frozenset({"Convolution", "DepthwiseConvolution", "ConvolutionDepthwise"})
+# Layer types that may start a chain of their own when no convolution
+# precedes them (a pre-activation ResNet's BN, Scale, ReLU after each sum).
+_AFFINE = frozenset({"BatchNorm", "Scale"})
 
 
 class FusedConvolution:
@@ -87,13 +90,42 @@ class FusedConvolution:
                 relu(flat, self.relu_slope, flat)
 
 
+class FusedAffine:
+    """A chain of inference BatchNorm/Scale layers, optionally ending in a
+    ReLU, that follows no convolution to fold into: one pass of
+    x -> relu(a x + b) per channel (kernels.normalization.channel_affine_relu)
+    instead of one pass, and several small numpy calls, per layer. The
+    face detector has six: its input's BatchNorm + Scale, and BatchNorm +
+    Scale + ReLU after each residual sum."""
+
+    shares_data = False
+    kind = "norm"
+
+    def __init__(self, a: np.ndarray, b: np.ndarray, relu_slope, names, type_: str):
+        self.scale = a.astype(np.float32)
+        self.shift = b.astype(np.float32)
+        self.relu = 0 if relu_slope is None else 1
+        self.slope = np.float32(0.0 if relu_slope is None else relu_slope)
+        self.name = "+".join(names)
+        self.type = type_             # the first layer's
+        self.blobs = []
+
+    def forward(self, bottoms, tops):
+        from netdef.kernels.normalization import channel_affine_relu
+
+        x, y = bottoms[0].data, tops[0].data
+        view = (x.shape[0], x.shape[1], -1)
+        channel_affine_relu(x.reshape(view), self.scale, self.shift, self.relu, self.slope,
+                            y.reshape(view))
+
+
 def _affine_of(step: Step, channels: int):
     """(a, b) per channel if ``step`` is a foldable BatchNorm/Scale, else None."""
     layer = step.layer
     if len(step.bottoms) != 1 or len(step.tops) != 1:
         return None
     if layer.type == "BatchNorm":
-        if not getattr(layer, "use_global_stats", False):
+        if not getattr(layer, "use_global_stats", False) or layer.channels != channels:
             return None
         mean, var = layer.blobs[0].data.ravel(), layer.blobs[1].data.ravel()
         factor = float(layer.blobs[2].data.ravel()[0])
@@ -107,6 +139,34 @@ def _affine_of(step: Step, channels: int):
         beta = layer.blobs[1].data if layer.bias_term else np.zeros(channels)
         return gamma.astype(np.float64), beta.astype(np.float64)
     return None
+
+
+def _follow_chain(steps, i, channels, a, b, readers, protected):
+    """Extend the chain that starts with steps[i] by the BatchNorm/Scale
+    steps after it, each reading only the previous one's top (and nobody
+    else reading that), composing their per-channel maps into x -> a x + b,
+    and then by one ReLU. Returns (chain, last top, index after the
+    chain, a, b, the ReLU's negative slope or None)."""
+    chain, top, j, relu_slope = [steps[i]], steps[i].tops[0], i + 1, None
+    while j < len(steps):
+        nxt = steps[j]
+        if (len(nxt.bottoms) != 1 or nxt.bottoms[0] is not top
+                or readers.get((id(top), j - 1)) != 1 or top.name in protected):
+            break
+        if nxt.layer.type == "ReLU":
+            relu_slope = float(nxt.layer.param.relu_param.negative_slope)
+            chain.append(nxt)
+            top = nxt.tops[0]
+            j += 1
+            break
+        affine = _affine_of(nxt, channels)
+        if affine is None:
+            break
+        a, b = affine[0] * a, affine[0] * b + affine[1]
+        chain.append(nxt)
+        top = nxt.tops[0]
+        j += 1
+    return chain, top, j, a, b, relu_slope
 
 
 def fuse_for_inference(steps: list[Step], protected: set[str], log: list[str]) -> list[Step]:
@@ -125,9 +185,23 @@ def fuse_for_inference(steps: list[Step], protected: set[str], log: list[str]) -
         for t in step.tops:
             writer[id(t)] = k
     out: list[Step] = []
-    i, folded, relus, winograds = 0, 0, 0, 0
+    i, folded, relus, winograds, affines = 0, 0, 0, 0, 0
     while i < len(steps):
         step = steps[i]
+        if step.layer.type in _AFFINE and len(step.bottoms[0].shape) >= 2:
+            channels = step.bottoms[0].shape[1]
+            affine = _affine_of(step, channels)
+            if affine is not None:
+                a, b = affine
+                chain, top, j, a, b, relu_slope = _follow_chain(steps, i, channels, a, b,
+                                                                readers, protected)
+                fused = FusedAffine(a, b, relu_slope, [s.name for s in chain], step.node.type)
+                node = Node(fused.name, fused.type, list(step.node.bottoms), [top.name],
+                            step.node.param, step.node.where)
+                out.append(Step(node, fused, list(step.bottoms), [top]))
+                affines += len(chain)
+                i = j
+                continue
         if (step.layer.type not in _FOLDABLE or len(step.tops) != 1
                 or len(step.bottoms) != 1):
             out.append(step)
@@ -135,29 +209,11 @@ def fuse_for_inference(steps: list[Step], protected: set[str], log: list[str]) -
             continue
         conv = step.layer
         channels = conv.num_output
-        a, b = np.ones(channels), np.zeros(channels)
-        chain, top, j, relu_slope = [step], step.tops[0], i + 1, None
-        while j < len(steps):
-            nxt = steps[j]
-            if (len(nxt.bottoms) != 1 or nxt.bottoms[0] is not top
-                    or readers.get((id(top), j - 1)) != 1 or top.name in protected):
-                break
-            if nxt.layer.type == "ReLU":
-                relu_slope = float(nxt.layer.param.relu_param.negative_slope)
-                chain.append(nxt)
-                top = nxt.tops[0]
-                j += 1
-                break
-            affine = _affine_of(nxt, channels)
-            if affine is None:
-                break
-            a, b = affine[0] * a, affine[0] * b + affine[1]
-            chain.append(nxt)
-            top = nxt.tops[0]
-            j += 1
+        chain, top, j, a, b, relu_slope = _follow_chain(
+            steps, i, channels, np.ones(channels), np.zeros(channels), readers, protected)
         if len(chain) == 1:
-            out.append(_as_winograd(step) or step)
-            winograds += out[-1] is not step
+            out.append(_as_fast_convolution(step) or step)
+            winograds += getattr(out[-1].layer, "winograd", None) is not None
             i += 1
             continue
         w = conv.blobs[0].data.astype(np.float64)
@@ -177,7 +233,8 @@ def fuse_for_inference(steps: list[Step], protected: set[str], log: list[str]) -
     log.append(f"fuse: folded {folded} BatchNorm/Scale layers into convolutions, "
                f"{relus} ReLUs applied in the convolution step, "
                f"{winograds} 3x3 convolutions run as Winograd F(4x4, 3x3)"
-               + (f" ({shared} of them sharing another's input transform)" if shared else ""))
+               + (f" ({shared} of them sharing another's input transform)" if shared else "")
+               + f", {affines} other BatchNorm/Scale/ReLU layers run as one-pass affine maps")
     return out
 
 
@@ -247,12 +304,14 @@ def _share_winograd_inputs(steps: list[Step]) -> tuple[list[Step], int]:
     return out, sum(len(h.layer.members) for h in merged.values()) - len(merged)
 
 
-def _as_winograd(step: Step) -> Step | None:
-    """A lone eligible 3x3 Convolution as a Winograd step (same name and blobs)."""
+def _as_fast_convolution(step: Step) -> Step | None:
+    """A lone Convolution as a FusedConvolution step (same name and blobs)
+    when that runs it faster: as Winograd, or in bands of output rows."""
     from netdef.layers import winograd
+    from netdef.layers.vision import column_bands
 
     conv = step.layer
-    if conv.type != "Convolution" or not winograd.eligible(conv):
+    if conv.type != "Convolution" or not (winograd.eligible(conv) or column_bands(conv)):
         return None
     bias = (conv.blobs[1].data if conv.bias_term
             else np.zeros(conv.num_output, np.float32))

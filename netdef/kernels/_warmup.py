@@ -81,6 +81,8 @@ _ARGS = {
     ("elementwise", "eltwise_max"): lambda: (_f(4), _f(4), _i(4), 2),
     ("elementwise", "eltwise_max_backward"): lambda: (_f(4), _i(4), 0, _f(4)),
     ("normalization", "channel_affine"): lambda: (_f(1, 2, 3), _f(2), _f(2), _f(1, 2, 3)),
+    ("normalization", "channel_affine_relu"): lambda: (_f(1, 2, 3), _f(2), _f(2), 1,
+                                                       np.float32(0.0), _f(1, 2, 3)),
     ("normalization", "channel_mean_var"): lambda: (_f(1, 2, 3), _f(2), _f(2)),
     ("normalization", "channel_sums"): lambda: (_f(1, 2, 3), _f(1, 2, 3), _f(2), _f(2)),
     ("normalization", "channel_affine_pair"): lambda: (_f(1, 2, 3), _f(2), _f(1, 2, 3),

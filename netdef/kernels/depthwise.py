@@ -141,7 +141,7 @@ def _forward_plane_flat(t0, t1, t2, t3, t4, t5, t6, t7, t8, cols, w, b, m, relu,
         for oh in range(out_h):
             for ow in range(out_w):
                 v = grid[oh, ow]
-                out[oh, ow] = (v if v > 0 else _ZERO) + slope * (v if v < 0 else _ZERO)
+                out[oh, ow] = (_ZERO if v < _ZERO else v) + slope * (_ZERO if _ZERO < v else v)
     else:
         for oh in range(out_h):
             for ow in range(out_w):
@@ -175,7 +175,7 @@ def _forward_plane(buf, w, b, m, kh, kw, sh, sw, dh, dw, relu, slope, out):
                     v = (b + w0 * a0[ow] + w1 * a1[ow] + w2 * a2[ow]
                          + w3 * b0[ow] + w4 * b1[ow] + w5 * b2[ow]
                          + w6 * c0[ow] + w7 * c1[ow] + w8 * c2[ow])
-                    row[ow] = (v if v > 0 else _ZERO) + slope * (v if v < 0 else _ZERO)
+                    row[ow] = (_ZERO if v < _ZERO else v) + slope * (_ZERO if _ZERO < v else v)
             else:
                 for ow in range(out_w):
                     row[ow] = (b + w0 * a0[ow] + w1 * a1[ow] + w2 * a2[ow]
@@ -198,7 +198,7 @@ def _forward_plane(buf, w, b, m, kh, kw, sh, sw, dh, dw, relu, slope, out):
             row = out[oh]
             for ow in range(out_w):
                 v = row[ow]
-                row[ow] = (v if v > 0.0 else 0.0) + slope * (v if v < 0.0 else 0.0)
+                row[ow] = (_ZERO if v < _ZERO else v) + slope * (_ZERO if _ZERO < v else v)
 
 
 @helper

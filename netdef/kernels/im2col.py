@@ -223,10 +223,10 @@ def conv_bands(x, w, bias, relu, slope, kh, kw, ph, pw, sh, sw, dh, dw, group, b
         for m in range(gi * m_g, (gi + 1) * m_g):
             b = bias[m]
             seg = y[n, m, oh0 * out_w:oh1 * out_w]
-            if relu != 0:       # Caffe's expression (NaN stays NaN)
+            if relu != 0:       # Caffe's std::max(v, 0) + slope * std::min(v, 0): NaN stays NaN
                 for q in range(cols):
                     v = seg[q] + b
-                    seg[q] = (v if v > 0 else _ZERO) + slope * (v if v < 0 else _ZERO)
+                    seg[q] = (_ZERO if v < _ZERO else v) + slope * (_ZERO if _ZERO < v else v)
             else:
                 for q in range(cols):
                     seg[q] += b

@@ -33,6 +33,34 @@ def channel_affine(x3, scale, shift, out3):
 
 
 @helper
+def _affine_relu_plane(x3, o, c, scale, shift, relu, slope, out3):
+    a = scale[c]
+    b = shift[c]
+    zero = np.float32(0.0)
+    if relu != 0:       # Caffe's std::max(v, 0) + slope * std::min(v, 0): NaN stays NaN
+        for i in range(x3.shape[2]):
+            v = x3[o, c, i] * a + b
+            out3[o, c, i] = (zero if v < zero else v) + slope * (zero if zero < v else v)
+    else:
+        for i in range(x3.shape[2]):
+            out3[o, c, i] = x3[o, c, i] * a + b
+
+
+@parallel_kernel
+def channel_affine_relu(x3, scale, shift, relu, slope, out3):
+    """out3 = x3 * scale[c] + shift[c], then, if ``relu`` (an int) is not 0,
+    ReLU with negative slope ``slope`` (float32); out3 may be x3.
+
+    Inference's standalone BatchNorm/Scale(/ReLU) chains in one pass
+    (compile/fuse.py FusedAffine): a pre-activation ResNet's BN, Scale and
+    ReLU after each sum. Parallel over the outer x C planes.
+    """
+    outer, n_ch = x3.shape[0], x3.shape[1]
+    for t in prange(outer * n_ch):
+        _affine_relu_plane(x3, t // n_ch, t % n_ch, scale, shift, relu, slope, out3)
+
+
+@helper
 def _mean_var_channel(x3, c, mean, var):
     outer, inner = x3.shape[0], x3.shape[2]
     count = outer * inner

@@ -197,7 +197,7 @@ def _output_channel(p, pm, m, bias, relu, slope, n0, tiles_h, tiles_w, y, rows, 
                     for tx in range((out_w - j + 3) // 4):
                         val = src[tx]
                         if relu != 0:
-                            val = (val if val > 0 else _0) + slope * (val if val < 0 else _0)
+                            val = (_0 if val < _0 else val) + slope * (_0 if _0 < val else val)
                         dst[4 * tx] = val
 
 
