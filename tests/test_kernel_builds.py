@@ -45,6 +45,26 @@ def test_small_calls_use_the_serial_build_and_big_ones_the_parallel_one():
     assert fn._cache._cache_file._index_name != fn.serial._cache._cache_file._index_name
 
 
+@pytest.mark.skipif(JIT_DISABLED, reason="builds exist only with the JIT on")
+def test_work_per_element_lowers_the_parallel_threshold():
+    def _double(x, out):
+        for i in prange(x.size):
+            out[i] = 2.0 * x[i]
+
+    fn = parallel_kernel(work_per_element=4)(_double)
+    assert fn.min_work == PARALLEL_MIN_WORK // 4
+    below = np.ones(PARALLEL_MIN_WORK // 4 - 1, np.float32)
+    fn(below, np.empty_like(below))
+    assert len(fn.overloads) == 0 and len(fn.serial.overloads) == 1
+    at = np.ones(PARALLEL_MIN_WORK // 4, np.float32)
+    out = np.empty_like(at)
+    fn(at, out)
+    assert len(fn.overloads) == 1 and out.min() == out.max() == 2.0
+    from netdef.kernels.depthwise import depthwise_forward
+
+    assert depthwise_forward.min_work < PARALLEL_MIN_WORK
+
+
 def test_disabled_jit_keeps_the_plain_function(monkeypatch):
     import numba
 

@@ -137,13 +137,15 @@ class OnDemandParallel(CPUDispatcher):
     """
 
     serial = None      # set by parallel_kernel; None after unpickling: plain dispatcher
+    min_work = PARALLEL_MIN_WORK   # elements of the largest array from which a call is parallel
 
     def __call__(self, *args, **kwargs):
         serial = self.serial
         if serial is None:
             return CPUDispatcher.__call__(self, *args, **kwargs)
+        min_work = self.min_work
         for a in args:         # a plain loop: this runs on every call (about 1 us)
-            if isinstance(a, _NDARRAY) and a.size >= PARALLEL_MIN_WORK:
+            if isinstance(a, _NDARRAY) and a.size >= min_work:
                 return CPUDispatcher.__call__(self, *args, **kwargs)
         return serial(*args, **kwargs)
 
@@ -157,8 +159,12 @@ class OnDemandParallel(CPUDispatcher):
         return list(dict.fromkeys(both))
 
 
-def parallel_kernel(fn=None, *, fastmath: bool = True):
+def parallel_kernel(fn=None, *, fastmath: bool = True, work_per_element: int = 1):
     """``njit(parallel=True, **OPTIONS)`` with a serial build for small calls.
+
+    ``work_per_element`` (W) makes calls parallel from PARALLEL_MIN_WORK / W
+    elements, for kernels that do W times a copy's work per element of their
+    largest array (depthwise convolution: nine multiply-adds).
 
     ``fastmath=False`` (``@parallel_kernel(fastmath=False)``) is for kernels
     that only copy, compare or scatter-add floats one at a time (im2col,
@@ -166,11 +172,12 @@ def parallel_kernel(fn=None, *, fastmath: bool = True):
     about 0.2 s per kernel on first use. Helpers inlined into a kernel take the kernel's flags.
     """
     if fn is None:
-        return lambda f: parallel_kernel(f, fastmath=fastmath)
+        return lambda f: parallel_kernel(f, fastmath=fastmath, work_per_element=work_per_element)
     options = dict(OPTIONS) if fastmath else dict(OPTIONS, fastmath=False)
     disp = njit(parallel=True, **options)(fn)
     if not isinstance(disp, CPUDispatcher):      # NUMBA_DISABLE_JIT=1: the function itself
         return disp
     disp.__class__ = OnDemandParallel            # same layout: CPUDispatcher has no slots
     disp.serial = njit(**options)(_serial_copy(fn))
+    disp.min_work = max(1, PARALLEL_MIN_WORK // work_per_element)
     return disp

@@ -244,7 +244,10 @@ def _forward_planes(x, w, bias, first, last, kh, kw, ph, pw, sh, sw, dh, dw, rel
 _CHUNKS = 16
 
 
-@parallel_kernel
+# Nine multiply-adds and two copies per element: with the pool's threads
+# spinning, two threads beat one from about 6K input elements (960x7x7
+# planes 0.135 to 0.100 ms, 128x14x14 0.044 to 0.033, measured back to back).
+@parallel_kernel(work_per_element=4)
 def depthwise_forward(x, w, bias, kh, kw, ph, pw, sh, sw, dh, dw, relu, slope, y):
     """y (N, M, OH, OW) = depthwise convolution of x (N, C, H, W) with w
     (M, kh, kw), plus bias (M,) per output channel (pass zeros for none);
