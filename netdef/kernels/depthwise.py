@@ -132,20 +132,25 @@ def _forward_plane_flat(t0, t1, t2, t3, t4, t5, t6, t7, t8, cols, w, b, m, relu,
     w3, w4, w5 = w[m, 1, 0], w[m, 1, 1], w[m, 1, 2]
     w6, w7, w8 = w[m, 2, 0], w[m, 2, 1], w[m, 2, 2]
     # the last row's junk columns would read past the plane: stop before them
-    for q in range((out_h - 1) * cols + out_w):
-        wide[q] = (b + w0 * t0[q] + w1 * t1[q] + w2 * t2[q]
-                   + w3 * t3[q] + w4 * t4[q] + w5 * t5[q]
-                   + w6 * t6[q] + w7 * t7[q] + w8 * t8[q])
-    grid = wide[:out_h * cols].reshape(out_h, cols)
+    span = (out_h - 1) * cols + out_w
     if relu != 0:
-        for oh in range(out_h):
-            for ow in range(out_w):
-                v = grid[oh, ow]
-                out[oh, ow] = (_ZERO if v < _ZERO else v) + slope * (_ZERO if _ZERO < v else v)
+        # the ReLU in this vectorised loop, where its selects are blends: in
+        # the copy below they were branches, mispredicted on real activations
+        # (384x28x28: 0.20 ms on a net's activations, 0.13 on positive ones)
+        for q in range(span):
+            v = (b + w0 * t0[q] + w1 * t1[q] + w2 * t2[q]
+                 + w3 * t3[q] + w4 * t4[q] + w5 * t5[q]
+                 + w6 * t6[q] + w7 * t7[q] + w8 * t8[q])
+            wide[q] = (_ZERO if v < _ZERO else v) + slope * (_ZERO if _ZERO < v else v)
     else:
-        for oh in range(out_h):
-            for ow in range(out_w):
-                out[oh, ow] = grid[oh, ow]
+        for q in range(span):
+            wide[q] = (b + w0 * t0[q] + w1 * t1[q] + w2 * t2[q]
+                       + w3 * t3[q] + w4 * t4[q] + w5 * t5[q]
+                       + w6 * t6[q] + w7 * t7[q] + w8 * t8[q])
+    grid = wide[:out_h * cols].reshape(out_h, cols)
+    for oh in range(out_h):
+        for ow in range(out_w):
+            out[oh, ow] = grid[oh, ow]
 
 
 @helper
