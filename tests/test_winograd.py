@@ -27,9 +27,9 @@ def _winograd_conv(x, w, b, pad, relu_slope=None, n0=0, images=None):
     oh, ow = h + 2 * pad[0] - 2, wd + 2 * pad[1] - 2
     th, tw = -(-oh // 4), -(-ow // 4)
     t = images * th * tw
-    v = np.full((36, c, t), np.nan, np.float32)        # every entry must be written
+    v = np.full((36, t, c), np.nan, np.float32)        # every entry must be written
     wk.winograd_input(x, n0, pad[0], pad[1], th, tw, v)
-    p = np.matmul(wk.transform_weights(w), v)
+    p = np.matmul(v, wk.transform_weights(w))
     y = np.full((n, m, oh, ow), np.nan, np.float32)
     wk.winograd_output(p, 0, b, int(relu_slope is not None), float(relu_slope or 0.0),
                        n0, th, tw, y)

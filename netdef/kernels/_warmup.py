@@ -101,8 +101,8 @@ _ARGS = {
                                                          3, 3, 1, 1, 1, 1, 1, 1,
                                                          _f(2, 3, 3)),
     # a 4x4 output with pad 1: one tile per image
-    ("winograd", "winograd_input"): lambda: (_f(1, 2, 4, 4), 0, 1, 1, 1, 1, _f(36, 2, 1)),
-    ("winograd", "winograd_output"): lambda: (_f(36, 2, 1), 0, _f(2), 0, 0.0, 0, 1, 1,
+    ("winograd", "winograd_input"): lambda: (_f(1, 2, 4, 4), 0, 1, 1, 1, 1, _f(36, 1, 2)),
+    ("winograd", "winograd_output"): lambda: (_f(36, 1, 2), 0, _f(2), 0, 0.0, 0, 1, 1,
                                               _f(1, 2, 4, 4)),
 }
 

@@ -48,7 +48,7 @@ def eligible(layer) -> bool:
 
 
 class WinogradWeights:
-    """U (group, 36, M/group, C/group) of a convolution's 3x3 weights."""
+    """U (group, 36, C/group, M/group) of a convolution's 3x3 weights."""
 
     def __init__(self, weight: np.ndarray, group: int):
         from netdef.kernels.winograd import transform_weights
@@ -62,7 +62,7 @@ class WinogradWeights:
         """The weights of ungrouped convolutions of one input, one after
         another along the output channels (for ``forward_heads``)."""
         out = cls.__new__(cls)
-        out.u = np.concatenate([p.u for p in parts], axis=2)
+        out.u = np.concatenate([p.u for p in parts], axis=3)
         return out
 
 
@@ -83,7 +83,7 @@ def forward_heads(layer, ww: WinogradWeights, heads, bottom, tops) -> None:
     from netdef.kernels.winograd import winograd_input, winograd_output
 
     g, c = layer.group, layer.channels
-    m = ww.u.shape[0] * ww.u.shape[2]
+    m = ww.u.shape[0] * ww.u.shape[3]
     mg, cg = m // g, c // g
     (h, wd), (oh, ow) = layer.in_hw, layer.out_hw
     th, tw = _tiles(layer)
@@ -93,15 +93,15 @@ def forward_heads(layer, ww: WinogradWeights, heads, bottom, tops) -> None:
     ys = [top.data.reshape(layer.num, -1, oh, ow) for top in tops]
     for n0 in range(0, layer.num, block):
         t = min(block, layer.num - n0) * per_image
-        v = _scratch("winograd_v", 36 * c * t).reshape(36, c, t)
-        p = _scratch("winograd_p", 36 * m * t).reshape(36, m, t)
+        v = _scratch("winograd_v", 36 * c * t).reshape(36, t, c)
+        p = _scratch("winograd_p", 36 * m * t).reshape(36, t, m)
         winograd_input(x, n0, layer.win.ph, layer.win.pw, th, tw, v)
         if g == 1:
-            matmul(ww.u[0], v, out=p)
+            matmul(v, ww.u[0], out=p)
         else:
             for gi in range(g):
-                matmul(ww.u[gi], v[:, gi * cg:(gi + 1) * cg],
-                          out=p[:, gi * mg:(gi + 1) * mg])
+                matmul(v[:, :, gi * cg:(gi + 1) * cg], ww.u[gi],
+                       out=p[:, :, gi * mg:(gi + 1) * mg])
         m0 = 0
         for y, (bias, relu_slope) in zip(ys, heads, strict=True):
             winograd_output(p, m0, bias, int(relu_slope is not None),
