@@ -92,6 +92,28 @@ def test_depthwise_matches_reference(type_name, body, shape, mult):
     assert lay.macs(*wired(lay)) == y.size * kh * kw
 
 
+# Stride-1 3x3 pad-1 planes from _DIRECT_MIN_WIDTH columns are read in place
+# (one and two rows: the padding rows above and below are the same row of zeros);
+# narrower ones go through the padded copy. Both apply the fused ReLU.
+@pytest.mark.parametrize("shape,mult", [((1, 3, 1, 21), 1), ((1, 2, 2, 24), 1),
+                                        ((2, 3, 5, 20), 2), ((1, 2, 30, 19), 1),
+                                        ((1, 4, 23, 33), 1)])
+@pytest.mark.parametrize("relu,slope", [(0, 0.0), (1, 0.0), (1, 0.25)])
+def test_depthwise_kernel_in_place_and_padded_paths(shape, mult, relu, slope):
+    from netdef.kernels.depthwise import depthwise_forward
+
+    x = rand(*shape, seed=5)
+    m = shape[1] * mult
+    w = rand(m, 3, 3, seed=6)
+    bias = rand(m, seed=7)
+    y = np.full((shape[0], m) + shape[2:], np.nan, np.float32)
+    depthwise_forward(x, w, bias, 3, 3, 1, 1, 1, 1, 1, 1, relu, slope, y)
+    expected = depthwise_conv2d_reference(x, w.reshape(m, 1, 3, 3), bias, 1, 1)
+    if relu:
+        expected = np.maximum(expected, 0) + slope * np.minimum(expected, 0)
+    np.testing.assert_allclose(y, expected, rtol=RTOL, atol=ATOL)
+
+
 def test_fork_types_default_group_and_outputs_to_the_channels():
     lay = conv_layer("ConvolutionDepthwise", "kernel_size: 3 pad: 1")
     assert infer_shapes(lay, [(1, 6, 5, 5)]) == [(1, 6, 5, 5)]
