@@ -22,6 +22,12 @@ _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # takes effect if netdef is imported before numpy.
 _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "23")
 
+# The CPUs of the thread that imported netdef, kept while the pool's threads
+# are bound (_bind_pool), else None; and the variable that marks the binding
+# as netdef's own, for child processes that inherit it.
+_CALLER_CPUS = None
+_BIND_MARK = "NETDEF_SET_OMP_PROC_BIND"
+
 
 def _thread_policy() -> None:
     """With numpy's OpenBLAS callable from Numba's threads, every GEMM of a
@@ -36,6 +42,32 @@ def _thread_policy() -> None:
 
     if find_blas() is not None:
         _os.environ.setdefault("GOMP_SPINCOUNT", "100000")
+        _bind_pool()
+
+
+def _bind_pool() -> None:
+    """Bind the pool's threads one per CPU (``OMP_PROC_BIND=spread``) unless
+    the user chose a binding. Unbound, a worker woken after the pool had
+    gone to sleep (a pause of 20 ms or more between forward passes: the
+    frames of a video, the images of ``netdef detect``) was often queued
+    on the CPU where the calling thread spun at the region's barrier, and
+    started only when that spin ended: on the 2-core VM a trivial parallel
+    region after such a pause took 3.6-4.3 ms instead of 0.12-0.14 ms
+    (median), the delay growing with ``GOMP_SPINCOUNT``. GNU OpenMP binds
+    the calling thread too; ``kernels._jit`` gives it back these CPUs once
+    the pool has started. ``OMP_PROC_BIND=false`` turns the binding off
+    (for several netdef processes that each use fewer threads than the
+    machine has CPUs, say)."""
+    global _CALLER_CPUS
+    env = _os.environ
+    # a child process inherits the parent's setting, which is still netdef's own
+    ours = env.get("OMP_PROC_BIND") == "spread" and env.get(_BIND_MARK) == "1"
+    if not hasattr(_os, "sched_getaffinity") or (not ours and any(
+            key in env for key in ("OMP_PROC_BIND", "OMP_PLACES", "GOMP_CPU_AFFINITY"))):
+        return
+    _CALLER_CPUS = _os.sched_getaffinity(0)
+    env["OMP_PROC_BIND"] = "spread"
+    env[_BIND_MARK] = "1"
 
 
 _thread_policy()

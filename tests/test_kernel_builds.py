@@ -87,3 +87,42 @@ def test_a_bad_thread_threshold_warns_and_keeps_the_default(value):
     assert int(threshold) == ((1 << 16) if pool == "True" else (1 << 20))
     assert "NETDEF_PARALLEL_MIN_WORK" in done.stderr and "not a positive" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+POOL_CHECK = """
+import os, netdef
+from netdef.kernels import _jit
+before = os.sched_getaffinity(0)
+_jit._start_pool()
+import numba
+print(os.environ.get("OMP_PROC_BIND"), netdef._CALLER_CPUS is not None,
+      os.sched_getaffinity(0) == before, numba.get_num_threads() >= 1)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="Linux's CPU affinity calls")
+@pytest.mark.parametrize("user", [None, "false", "inherited"])
+def test_the_pool_is_bound_and_the_caller_keeps_its_cpus(user):
+    """netdef binds the pool's threads (OMP_PROC_BIND=spread) unless the user
+    chose a binding, and the thread that started the pool gets its CPUs back;
+    a child process that inherits netdef's own setting is treated alike."""
+    import subprocess
+    import sys
+
+    from netdef.kernels._jit import POOL_GEMM
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OMP_PROC_BIND", "OMP_PLACES", "GOMP_CPU_AFFINITY",
+                        "NETDEF_SET_OMP_PROC_BIND")}
+    if user == "false":
+        env["OMP_PROC_BIND"] = "false"
+    elif user == "inherited":
+        env.update(OMP_PROC_BIND="spread", NETDEF_SET_OMP_PROC_BIND="1")
+    done = subprocess.run([sys.executable, "-c", POOL_CHECK], capture_output=True, text=True,
+                          env=env, check=True)
+    bind, ours, kept, started = done.stdout.split()
+    assert kept == started == "True"
+    if user == "false":
+        assert (bind, ours) == ("false", "False")
+    elif POOL_GEMM:
+        assert (bind, ours) == ("spread", "True")

@@ -84,8 +84,35 @@ from netdef.kernels._blas import find_blas  # noqa: E402
 POOL_GEMM = find_blas() is not None
 if POOL_GEMM:        # netdef/__init__ normally sets it first (see its _thread_policy)
     os.environ.setdefault("GOMP_SPINCOUNT", "100000")
+
 from numba import njit, prange  # noqa: E402,F401  (prange re-exported for kernel modules)
 from numba.core.registry import CPUDispatcher  # noqa: E402
+
+# The CPUs of the thread that imported netdef, when netdef/__init__ asked GNU
+# OpenMP to bind the pool's threads (see _thread_policy there), else None.
+from netdef import _CALLER_CPUS  # noqa: E402
+
+_pool_started = False
+
+
+def _start_pool() -> None:
+    """Before the first parallel call: start Numba's thread pool if it is not
+    running yet (GNU OpenMP binds its threads as it starts, the calling one
+    included), then give the calling thread back the CPUs it had when
+    netdef was imported, so that the threads and processes it starts later
+    are not pinned to one CPU."""
+    global _pool_started
+    _pool_started = True
+    if _CALLER_CPUS is None:
+        return
+    import numba
+
+    numba.get_num_threads()
+    try:
+        os.sched_setaffinity(0, _CALLER_CPUS)
+    except OSError:         # a CPU taken away since (cgroup change): keep the binding
+        pass
+
 
 FASTMATH = frozenset({"contract", "reassoc", "arcp", "nsz"})
 
@@ -146,10 +173,14 @@ class OnDemandParallel(CPUDispatcher):
         min_work = self.min_work
         for a in args:         # a plain loop: this runs on every call (about 1 us)
             if isinstance(a, _NDARRAY) and a.size >= min_work:
+                if not _pool_started:
+                    _start_pool()
                 return CPUDispatcher.__call__(self, *args, **kwargs)
         return serial(*args, **kwargs)
 
     def parallel_call(self, *args, **kwargs):
+        if not _pool_started:
+            _start_pool()
         return CPUDispatcher.__call__(self, *args, **kwargs)
 
     @property
