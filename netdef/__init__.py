@@ -57,7 +57,8 @@ def _bind_pool() -> None:
     the calling thread too; ``kernels._jit`` gives it back these CPUs once
     the pool has started. ``OMP_PROC_BIND=false`` turns the binding off
     (for several netdef processes that each use fewer threads than the
-    machine has CPUs, say)."""
+    machine has CPUs, say); a pool made smaller than the CPUs with
+    ``NUMBA_NUM_THREADS`` is left unbound, for the same reason."""
     global _CALLER_CPUS
     env = _os.environ
     # a child process inherits the parent's setting, which is still netdef's own
@@ -65,7 +66,11 @@ def _bind_pool() -> None:
     if not hasattr(_os, "sched_getaffinity") or (not ours and any(
             key in env for key in ("OMP_PROC_BIND", "OMP_PLACES", "GOMP_CPU_AFFINITY"))):
         return
-    _CALLER_CPUS = _os.sched_getaffinity(0)
+    cpus = _os.sched_getaffinity(0)
+    pool = env.get("NUMBA_NUM_THREADS", "")
+    if pool.strip().isdigit() and int(pool) < len(cpus):
+        return
+    _CALLER_CPUS = cpus
     env["OMP_PROC_BIND"] = "spread"
     env[_BIND_MARK] = "1"
 

@@ -101,7 +101,7 @@ print(os.environ.get("OMP_PROC_BIND"), netdef._CALLER_CPUS is not None,
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="Linux's CPU affinity calls")
-@pytest.mark.parametrize("user", [None, "false", "inherited"])
+@pytest.mark.parametrize("user", [None, "false", "inherited", "small pool"])
 def test_the_pool_is_bound_and_the_caller_keeps_its_cpus(user):
     """netdef binds the pool's threads (OMP_PROC_BIND=spread) unless the user
     chose a binding, and the thread that started the pool gets its CPUs back;
@@ -118,11 +118,17 @@ def test_the_pool_is_bound_and_the_caller_keeps_its_cpus(user):
         env["OMP_PROC_BIND"] = "false"
     elif user == "inherited":
         env.update(OMP_PROC_BIND="spread", NETDEF_SET_OMP_PROC_BIND="1")
+    elif user == "small pool":
+        if len(os.sched_getaffinity(0)) < 2:
+            pytest.skip("one CPU: no pool is smaller than the machine")
+        env["NUMBA_NUM_THREADS"] = "1"
     done = subprocess.run([sys.executable, "-c", POOL_CHECK], capture_output=True, text=True,
                           env=env, check=True)
     bind, ours, kept, started = done.stdout.split()
     assert kept == started == "True"
     if user == "false":
         assert (bind, ours) == ("false", "False")
+    elif user == "small pool":
+        assert (bind, ours) == ("None", "False")
     elif POOL_GEMM:
         assert (bind, ours) == ("spread", "True")
