@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import reference as ref
+from netdef.kernels import gemm
 from netdef.kernels import winograd as wk
 from netdef.layers import winograd
 from netdef.net import Net
@@ -64,6 +65,51 @@ def test_winograd_output_applies_relu_and_writes_only_its_images():
     wt = rng.standard_normal((5, 4, 3, 3)).astype(np.float32)
     b = rng.standard_normal(5).astype(np.float32)
     got = _winograd_conv(x, wt, b, (1, 1), relu_slope=0.1, n0=1, images=1)
+    want = ref.conv2d_reference(x[1:2], wt, b, 1, 1)
+    want = np.where(want > 0, want, 0.1 * want)
+    np.testing.assert_allclose(got[1:2], want, atol=2e-5 * np.abs(want).max(), rtol=0)
+    assert np.isnan(got[0]).all() and np.isnan(got[2]).all()
+
+
+def _chunked_conv(x, w, b, pad, rows, workers, relu_slope=None, n0=0, images=None):
+    """Images n0 .. n0+images-1 of x through ``winograd_conv``."""
+    n, c, h, wd = x.shape
+    m = w.shape[0]
+    images = n - n0 if images is None else images
+    oh, ow = h + 2 * pad[0] - 2, wd + 2 * pad[1] - 2
+    th, tw = -(-oh // 4), -(-ow // 4)
+    v = np.full((workers, 36, rows * tw, c), np.nan, np.float32)
+    p = np.full((workers, 36, rows * tw, m), np.nan, np.float32)
+    y = np.full((n, m, oh, ow), np.nan, np.float32)
+    wk.winograd_conv(x, n0, images, pad[0], pad[1], th, tw, rows, wk.transform_weights(w), b,
+                     int(relu_slope is not None), float(relu_slope or 0.0), y, v, p)
+    return y
+
+
+@pytest.mark.skipif(not gemm.available(), reason="needs numpy's OpenBLAS")
+@pytest.mark.parametrize("n,c,h,w,m,pad,rows,workers", [
+    pytest.param(1, 3, 4, 4, 2, (0, 0), 1, 1, id="one-tile"),
+    pytest.param(2, 5, 9, 11, 4, (1, 1), 2, 3, id="odd-sizes-more-workers-than-chunks"),
+    pytest.param(3, 6, 13, 10, 7, (1, 0), 1, 2, id="asymmetric-pad-three-images"),
+    pytest.param(1, 32, 38, 38, 16, (1, 1), 3, 2, id="parallel-size-partial-last-chunk"),
+])
+def test_chunked_winograd_matches_the_reference_convolution(n, c, h, w, m, pad, rows, workers):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    wt = rng.standard_normal((m, c, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(m).astype(np.float32)
+    want = ref.conv2d_reference(x, wt, b, 1, pad)
+    got = _chunked_conv(x, wt, b, pad, rows, workers)
+    np.testing.assert_allclose(got, want, atol=2e-5 * np.abs(want).max(), rtol=0)
+
+
+@pytest.mark.skipif(not gemm.available(), reason="needs numpy's OpenBLAS")
+def test_chunked_winograd_applies_relu_and_writes_only_its_images():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 4, 8, 8)).astype(np.float32)
+    wt = rng.standard_normal((5, 4, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(5).astype(np.float32)
+    got = _chunked_conv(x, wt, b, (1, 1), 1, 2, relu_slope=0.1, n0=1, images=1)
     want = ref.conv2d_reference(x[1:2], wt, b, 1, 1)
     want = np.where(want > 0, want, 0.1 * want)
     np.testing.assert_allclose(got[1:2], want, atol=2e-5 * np.abs(want).max(), rtol=0)

@@ -77,13 +77,14 @@ ALL_KERNELS: list[tuple[str, str]] = [
     ("depthwise", "depthwise_backward_weights"),
     ("winograd", "winograd_input"),
     ("winograd", "winograd_output"),
+    ("winograd", "winograd_conv"),  # skipped by warmup without numpy's OpenBLAS
     ("gemm", "products"),           # skipped by warmup without numpy's OpenBLAS
     ("gemm", "vector_products"),
 ]
 
 # the kernels that call numpy's OpenBLAS (kernels.gemm): compiled only where it can be called
 NEEDS_BLAS = frozenset({("gemm", "products"), ("gemm", "vector_products"),
-                        ("im2col", "conv_bands")})
+                        ("im2col", "conv_bands"), ("winograd", "winograd_conv")})
 
 
 def matmul(a, b, out, accumulate: bool = False) -> None:

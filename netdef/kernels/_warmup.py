@@ -134,7 +134,17 @@ def _conv_bands_args() -> tuple:
             _f(1, 2, 16))
 
 
+def _winograd_conv_args() -> tuple:
+    """One 4x4 tile of a 2-channel image into 2 channels, one worker."""
+    from netdef.kernels import gemm
+
+    gemm.available()
+    return (_f(1, 2, 4, 4), 0, 1, 1, 1, 1, 1, 1, _f(36, 2, 2), _f(2), 0, 0.0, _f(1, 2, 4, 4),
+            _f(1, 36, 1, 2), _f(1, 36, 1, 2))
+
+
 _ARGS[("im2col", "conv_bands")] = _conv_bands_args
+_ARGS[("winograd", "winograd_conv")] = _winograd_conv_args
 _ARGS[("gemm", "products")] = lambda: _gemm_args(False)
 _ARGS[("gemm", "vector_products")] = lambda: _gemm_args(True)
 

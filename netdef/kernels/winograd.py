@@ -26,14 +26,23 @@ faster than the transposed ones (36 of 256x256x25: 0.87 against 0.94 ms).
 
 Tiles are numbered t = (n - n0) * tiles_h * tiles_w + ty * tiles_w + tx over
 the images n0 .. of a block. Dtypes: float32 C-contiguous arrays, Python
-ints. Both kernels are parallel over rows of tiles for calls of
-PARALLEL_MIN_WORK elements or more.
+ints. The two transform kernels are parallel over rows of tiles for calls
+of PARALLEL_MIN_WORK elements or more.
+
+Run as three passes over a whole map, V and P (36/16 = 2.25 times the
+input and output) go out to memory and back: on a 32-channel 75x75 map
+after the caches were flushed (as between the frames of a video) the
+layer took 0.74-0.91 ms, against 0.38 ms warm. ``winograd_conv`` runs all
+three steps one chunk of rows of tiles at a time, each chunk's V and P
+in the core's cache: 0.44-0.47 ms cold, 0.35-0.38 warm. It reads U once
+per chunk, so it is for layers whose U is small (layers/winograd.py).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from netdef.kernels._jit import helper, parallel_kernel, prange
+from netdef.kernels.gemm import _NO_TRANS, _ROW_MAJOR, _sgemm, _threads_local
 
 # The transform matrices of F(4x4, 3x3) for the points 0, 1, -1, 2, -2, inf.
 BT = np.array([[4, 0, -5, 0, 1, 0],
@@ -62,6 +71,8 @@ def transform_weights(w: np.ndarray) -> np.ndarray:
 
 # float32 constants keep the transforms in float32 arithmetic
 _0, _2, _4, _5, _8 = (np.float32(v) for v in (0, 2, 4, 5, 8))
+# unsigned multiples for flat offsets (an int times a uint64 is a float in Numba)
+_U2, _U3, _U4, _U5 = (np.uint64(v) for v in (2, 3, 4, 5))
 
 
 @helper
@@ -76,21 +87,27 @@ def _bt_rows(d0, d1, d2, d3, d4, d5):
 
 
 @helper
-def _bt_channels(d0, d1, d2, d3, d4, d5, o0, o1, o2, o3, o4, o5):
-    """o_k[c] = (B^T d)_k for six channel vectors d_0..d_5 (both passes use it)."""
-    for c in range(d0.shape[0]):
-        r0, r1, r2, r3, r4, r5 = _bt_rows(d0[c], d1[c], d2[c], d3[c], d4[c], d5[c])
-        o0[c] = r0
-        o1[c] = r1
-        o2[c] = r2
-        o3[c] = r3
-        o4[c] = r4
-        o5[c] = r5
+def _bt_flat(src, base, step, dst, out, out_step, chans):
+    """dst[out + k * out_step + c] = (B^T d)_k for the six channel vectors
+    d_j = src[base + j * step :][:chans] (both passes of the input
+    transform). Flat arrays and unsigned offsets instead of a view per
+    vector: with 32 channels, making the twelve views of each call cost
+    more than its arithmetic."""
+    for c in range(chans):
+        r0, r1, r2, r3, r4, r5 = _bt_rows(
+            src[base + c], src[base + step + c], src[base + _U2 * step + c],
+            src[base + _U3 * step + c], src[base + _U4 * step + c], src[base + _U5 * step + c])
+        dst[out + c] = r0
+        dst[out + out_step + c] = r1
+        dst[out + _U2 * out_step + c] = r2
+        dst[out + _U3 * out_step + c] = r3
+        dst[out + _U4 * out_step + c] = r4
+        dst[out + _U5 * out_step + c] = r5
 
 
 @helper
-def _input_row(x, n0, ph, pw, tiles_h, tiles_w, v, task, strip, tmp):
-    """V[:, tiles of one row of tiles, :] for task = image * tiles_h + ty.
+def _input_row(x, image, ty, ph, pw, tiles_w, v, t0, strip, tmp):
+    """V[:, t0 .. t0 + tiles_w - 1, :]: the tiles of row ty of tiles of x[image].
 
     The six input rows the tiles read are first copied channel-last into
     ``strip`` (6, 4 * tiles_w + 2, C), zeros outside the image; then every
@@ -100,11 +117,7 @@ def _input_row(x, n0, ph, pw, tiles_h, tiles_w, v, task, strip, tmp):
     small maps (a 19x19 map has 5 tiles per row, a 5x5 map 2), and V's rows
     (one per tile) are written whole: 256 channels on 19x19 took 0.14 ms
     against 0.35 ms with the tile-vectorised transform and V (36, C, T).
-
-    Inner loops index 1-D views from 0, so Numba knows the indices are not
-    negative and emits no wrap-around selects, which lets LLVM vectorise
-    them."""
-    b, ty = task // tiles_h, task % tiles_h
+    All three work through flat views with unsigned offsets (``_bt_flat``)."""
     chans, height, width = x.shape[1], x.shape[2], x.shape[3]
     span = 4 * tiles_w + 2
     for r in range(6):
@@ -124,24 +137,21 @@ def _input_row(x, n0, ph, pw, tiles_h, tiles_w, v, task, strip, tmp):
             else:
                 # a gather over channels; copying channel by channel instead
                 # (contiguous reads, strided writes) measured slower
-                src = x[n0 + b, :, yy, ix]
+                src = x[image, :, yy, ix]
                 for c in range(chans):
                     dst[c] = src[c]
-    t0 = (b * tiles_h + ty) * tiles_w
+    strip_flat, tmp_flat, v_flat = strip.reshape(-1), tmp.reshape(-1), v.reshape(-1)
+    nc = np.uint64(chans)
+    row_step, col6 = np.uint64(span) * nc, np.uint64(6) * nc
+    xi_step = np.uint64(v.shape[1]) * nc
     for tx in range(tiles_w):
         for s in range(6):
-            col = 4 * tx + s
-            d0, d1, d2 = strip[0, col], strip[1, col], strip[2, col]
-            d3, d4, d5 = strip[3, col], strip[4, col], strip[5, col]
-            _bt_channels(d0, d1, d2, d3, d4, d5,
-                         tmp[0, s], tmp[1, s], tmp[2, s], tmp[3, s], tmp[4, s], tmp[5, s])
-        t = t0 + tx
+            _bt_flat(strip_flat, np.uint64(4 * tx + s) * nc, row_step,
+                     tmp_flat, np.uint64(s) * nc, col6, nc)
+        t = np.uint64(t0 + tx) * nc
         for i in range(6):
-            e0, e1, e2 = tmp[i, 0], tmp[i, 1], tmp[i, 2]
-            e3, e4, e5 = tmp[i, 3], tmp[i, 4], tmp[i, 5]
-            _bt_channels(e0, e1, e2, e3, e4, e5,
-                         v[6 * i, t], v[6 * i + 1, t], v[6 * i + 2, t],
-                         v[6 * i + 3, t], v[6 * i + 4, t], v[6 * i + 5, t])
+            _bt_flat(tmp_flat, np.uint64(i) * col6, nc,
+                     v_flat, np.uint64(6 * i) * xi_step + t, xi_step, nc)
 
 
 @parallel_kernel
@@ -152,7 +162,8 @@ def winograd_input(x, n0, ph, pw, tiles_h, tiles_w, v):
     for task in prange(images * tiles_h):
         strip = np.empty((6, 4 * tiles_w + 2, chans), np.float32)
         tmp = np.empty((6, 6, chans), np.float32)
-        _input_row(x, n0, ph, pw, tiles_h, tiles_w, v, task, strip, tmp)
+        _input_row(x, n0 + task // tiles_h, task % tiles_h, ph, pw, tiles_w, v,
+                   task * tiles_w, strip, tmp)
 
 
 @helper
@@ -164,43 +175,48 @@ def _at_rows(p0, p1, p2, p3, p4, p5):
 
 
 @helper
-def _output_row(p, m0, bias, relu, slope, n0, tiles_h, tiles_w, y, task, tmp, strip):
-    """One row of tiles of y (task = image * tiles_h + ty) from P's
+def _at_flat(src, base, step, dst, out, out_step, chans, bias, b0):
+    """dst[out + k * out_step + c] = (A^T p)_k + bias[b0 + c] for the six
+    channel vectors p_j = src[base + j * step :][:chans] (``_bt_flat``'s
+    counterpart; the first pass gives a zero bias)."""
+    for c in range(chans):
+        r0, r1, r2, r3 = _at_rows(
+            src[base + c], src[base + step + c], src[base + _U2 * step + c],
+            src[base + _U3 * step + c], src[base + _U4 * step + c], src[base + _U5 * step + c])
+        bc = bias[b0 + c]
+        dst[out + c] = r0 + bc
+        dst[out + out_step + c] = r1 + bc
+        dst[out + _U2 * out_step + c] = r2 + bc
+        dst[out + _U3 * out_step + c] = r3 + bc
+
+
+@helper
+def _output_row(p, m0, bias, zeros, relu, slope, image, ty, tiles_w, y, t0, tmp, strip):
+    """Row ty of tiles of y[image] from P's tiles t0 .. t0 + tiles_w - 1,
     channels m0 ..: per tile, A^T down the transformed rows into ``tmp``
     (4, 6, M), then A across them plus the bias into ``strip`` (4, 4 *
     tiles_w, M), channel-last as P is; then the strip's valid rows go to
-    y, channel by channel, with the ReLU. Loops over channels as in
-    ``_input_row``."""
-    b, ty = task // tiles_h, task % tiles_h
+    y, channel by channel, with the ReLU. ``zeros`` is M zeros (the first
+    pass's bias). Loops over channels as in ``_input_row``."""
     chans, out_h, out_w = y.shape[1], y.shape[2], y.shape[3]
-    t0 = (b * tiles_h + ty) * tiles_w
+    p_flat, tmp_flat, strip_flat = p.reshape(-1), tmp.reshape(-1), strip.reshape(-1)
+    nc, width = np.uint64(chans), np.uint64(p.shape[2])
+    xi_step = np.uint64(p.shape[1]) * width
+    col6 = np.uint64(6) * nc
+    row_step = np.uint64(4 * tiles_w) * nc
+    zero = np.uint64(0)
     for tx in range(tiles_w):
-        t = t0 + tx
+        t = np.uint64(t0 + tx) * width + np.uint64(m0)
         for s in range(6):
-            p0, p1, p2 = p[s, t, m0:], p[6 + s, t, m0:], p[12 + s, t, m0:]
-            p3, p4, p5 = p[18 + s, t, m0:], p[24 + s, t, m0:], p[30 + s, t, m0:]
-            w0, w1, w2, w3 = tmp[0, s], tmp[1, s], tmp[2, s], tmp[3, s]
-            for c in range(chans):
-                r0, r1, r2, r3 = _at_rows(p0[c], p1[c], p2[c], p3[c], p4[c], p5[c])
-                w0[c] = r0
-                w1[c] = r1
-                w2[c] = r2
-                w3[c] = r3
+            _at_flat(p_flat, np.uint64(s) * xi_step + t, np.uint64(6) * xi_step,
+                     tmp_flat, np.uint64(s) * nc, col6, nc, zeros, zero)
         for i in range(4):
-            e0, e1, e2 = tmp[i, 0], tmp[i, 1], tmp[i, 2]
-            e3, e4, e5 = tmp[i, 3], tmp[i, 4], tmp[i, 5]
-            c0, c1 = strip[i, 4 * tx], strip[i, 4 * tx + 1]
-            c2, c3 = strip[i, 4 * tx + 2], strip[i, 4 * tx + 3]
-            for c in range(chans):
-                r0, r1, r2, r3 = _at_rows(e0[c], e1[c], e2[c], e3[c], e4[c], e5[c])
-                bc = bias[c]
-                c0[c] = r0 + bc
-                c1[c] = r1 + bc
-                c2[c] = r2 + bc
-                c3[c] = r3 + bc
+            _at_flat(tmp_flat, np.uint64(i) * col6, nc,
+                     strip_flat, np.uint64(i) * row_step + np.uint64(4 * tx) * nc, nc, nc,
+                     bias, zero)
     for i in range(min(4, out_h - 4 * ty)):
         for c in range(chans):
-            dst, src = y[n0 + b, c, 4 * ty + i], strip[i, :, c]
+            dst, src = y[image, c, 4 * ty + i], strip[i, :, c]
             if relu != 0:
                 for xx in range(out_w):
                     val = src[xx]
@@ -218,8 +234,53 @@ def winograd_output(p, m0, bias, relu, slope, n0, tiles_h, tiles_w, y):
     slope ``slope``."""
     images = p.shape[1] // (tiles_h * tiles_w)
     chans = y.shape[1]
+    zeros = np.zeros(chans, np.float32)
     for task in prange(images * tiles_h):
         tmp = np.empty((4, 6, chans), np.float32)
         strip = np.empty((4, 4 * tiles_w, chans), np.float32)
-        _output_row(p, m0, bias, relu, np.float32(slope), n0, tiles_h, tiles_w, y, task,
-                    tmp, strip)
+        _output_row(p, m0, bias, zeros, relu, np.float32(slope), n0 + task // tiles_h,
+                    task % tiles_h, tiles_w, y, task * tiles_w, tmp, strip)
+
+
+@parallel_kernel
+def winograd_conv(x, n0, images, ph, pw, tiles_h, tiles_w, rows, u, bias, relu, slope, y,
+                  v, p):
+    """y[n0 : n0 + images] = the whole convolution, one chunk of ``rows``
+    rows of tiles at a time: its V, its 36 GEMMs (single-threaded SGEMM
+    on V's rows) and its output transform, before the next chunk, so that
+    V and P stay in the core's cache instead of going to memory and back
+    between three passes over the whole map (for layers whose U, read
+    again by every chunk, is small). u (36, C, M) contiguous; v (workers,
+    36, rows * tiles_w, C) and p (workers, 36, rows * tiles_w, M) are the
+    scratch of each worker, which takes chunks w, w + workers, ...
+    (chunks are of equal size, so the static split balances). The BLAS
+    symbols must be registered (``gemm.available()``) before the first call."""
+    workers, chans, outs = v.shape[0], u.shape[1], u.shape[2]
+    per_image = -(-tiles_h // rows)
+    chunks = images * per_image
+    ua = u.ctypes.data
+    v_step, p_step = v.shape[2] * chans * 4, p.shape[2] * outs * 4
+    zeros = np.zeros(outs, np.float32)
+    for w in prange(workers):
+        v_own, p_own = v[w], p[w]
+        va, pa = v_own.ctypes.data, p_own.ctypes.data
+        strip = np.empty((6, 4 * tiles_w + 2, chans), np.float32)
+        tmp = np.empty((6, 6, chans), np.float32)
+        out_tmp = np.empty((4, 6, outs), np.float32)
+        out_strip = np.empty((4, 4 * tiles_w, outs), np.float32)
+        for chunk in range(w, chunks, workers):
+            image = n0 + chunk // per_image
+            first = (chunk % per_image) * rows
+            last = min(tiles_h, first + rows)
+            for ty in range(first, last):
+                _input_row(x, image, ty, ph, pw, tiles_w, v_own, (ty - first) * tiles_w,
+                           strip, tmp)
+            before = _threads_local(1)
+            for xi in range(36):
+                _sgemm(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, (last - first) * tiles_w, outs, chans,
+                       np.float32(1.0), va + xi * v_step, chans, ua + xi * chans * outs * 4,
+                       outs, np.float32(0.0), pa + xi * p_step, outs)
+            _threads_local(before)
+            for ty in range(first, last):
+                _output_row(p_own, 0, bias, zeros, relu, np.float32(slope), image, ty, tiles_w, y,
+                            (ty - first) * tiles_w, out_tmp, out_strip)
