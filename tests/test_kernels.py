@@ -203,6 +203,31 @@ def test_convolution_in_bands_of_output_rows(n, c, h, w, m, k, s, p, d, group, b
         close(y.reshape(expected.shape), want, atol=1e-5)
 
 
+@pytest.mark.parametrize("n,c,plane,m,rows,cols", [
+    pytest.param(1, 3, 16, 2, 2, 16, id="one-block"),
+    pytest.param(2, 5, 50, 7, 3, 16, id="partial-bands-both-ways"),
+    pytest.param(3, 16, 49, 40, 16, 49, id="row-bands-only"),
+    pytest.param(1, 32, 784, 24, 24, 208, id="mobilenet-shape"),
+])
+def test_pointwise_convolution_in_blocks(n, c, plane, m, rows, cols):
+    """pointwise_bands (SGEMM and bias/ReLU per block of channels x
+    positions) against the reference 1x1 convolution, with and without a
+    leaky ReLU; every output value is written."""
+    from netdef.kernels import gemm
+
+    if not gemm.available():
+        pytest.skip("pointwise_bands calls numpy's OpenBLAS, which cannot be called here")
+    rng = np.random.default_rng(6)
+    x, wt, b = rand(rng, n, c, plane), rand(rng, m, c, 1, 1), rand(rng, m)
+    x[-1, -1, 0] = np.nan            # the ReLU keeps NaN, as Caffe's does
+    expected = ref.conv2d_reference(x.reshape(n, c, 1, plane), wt, b, 1, 0).reshape(n, m, plane)
+    for relu, slope in ((0, 0.0), (1, 0.0), (1, 0.25)):
+        y = np.full((n, m, plane), np.nan, np.float32)
+        i2c.pointwise_bands(x, wt.reshape(m, c), b, relu, np.float32(slope), rows, cols, y)
+        want = expected if not relu else np.maximum(expected, 0) + slope * np.minimum(expected, 0)
+        close(y, want, atol=1e-5)
+
+
 # ---------------------------------------------------------------- pooling
 
 # (N, C, H, W, kernel, stride, pad, ceil_mode)
@@ -468,6 +493,24 @@ def test_prelu_forward_and_backward(shape):
     neg = x <= 0
     close(dx, np.where(neg, slope[None, :, None] * dy, dy))
     close(slope_diff, 1.0 + (dy * x * neg).astype(np.float64).sum(axis=(0, 2)), atol=1e-5)
+
+
+@pytest.mark.parametrize("alias", [None, "a", "b"])
+def test_eltwise_sum_pair_scales_both_inputs_in_place_or_not(alias):
+    rng = np.random.default_rng(12)
+    a, b = rng.standard_normal(1001).astype(np.float32), rng.standard_normal(1001).astype(np.float32)
+    want = ref.eltwise_reference([a, b], "SUM", [0.5, -2.0])[0]
+    out = {"a": a, "b": b}.get(alias, np.full_like(a, np.nan))
+    ew.eltwise_sum_pair(a, 0.5, b, -2.0, out)
+    close(out, want)
+
+
+@pytest.mark.parametrize("planes,size", [(3, 1), (7, 49), pytest.param(1280, 64, id="parallel")])
+def test_global_ave_pool_is_the_plane_mean(planes, size):
+    x = np.random.default_rng(13).standard_normal((planes, size)).astype(np.float32)
+    out = np.full(planes, np.nan, np.float32)
+    pooling.global_ave_pool(x, out)
+    close(out, x.astype(np.float64).mean(axis=1))
 
 
 @pytest.mark.parametrize("n", [pytest.param(5, id="tiny"), 3001])

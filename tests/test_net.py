@@ -168,12 +168,18 @@ layer { name: "relu2" type: "ReLU" bottom: "dw" top: "dw" }
 layer { name: "wino" type: "Convolution" bottom: "dw" top: "wino"
         convolution_param { num_output: 8 kernel_size: 3 pad: 1 } }
 layer { name: "relu3" type: "ReLU" bottom: "wino" top: "wino" }
+layer { name: "pw" type: "Convolution" bottom: "wino" top: "pw"
+        convolution_param { num_output: 12 kernel_size: 1 } }
+layer { name: "relu4" type: "ReLU" bottom: "pw" top: "pw" relu_param { negative_slope: 0.25 } }
+layer { name: "pool" type: "Pooling" bottom: "pw" top: "pool"
+        pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
 """
 
 
 def test_fused_relus_keep_nan_as_caffe_does():
-    """Every fused ReLU (one-pass affine, banded, depthwise and Winograd
-    convolutions) is Caffe's max(v, 0) + slope * min(v, 0): NaN stays NaN."""
+    """Every fused ReLU (one-pass affine, banded, depthwise, Winograd and
+    pointwise convolutions) is Caffe's max(v, 0) + slope * min(v, 0): NaN
+    stays NaN."""
     x = np.random.default_rng(2).standard_normal((1, 3, 51, 51)).astype(np.float32)
     x[0, 1, 25, 25] = np.nan
     plain = Net(NAN_PATHS)
@@ -185,8 +191,10 @@ def test_fused_relus_keep_nan_as_caffe_does():
     fused.reshape()
     kinds = {type(s.layer).__name__ + ("/bands" if getattr(s.layer, "band", 0) else "")
              + ("/winograd" if getattr(s.layer, "winograd", None) is not None else "")
+             + ("/pointwise" if getattr(s.layer, "pointwise", None) is not None else "")
              for s in fused._plan().steps}
-    if {"FusedConvolution/bands", "FusedConvolution/winograd"} - kinds:
+    if {"FusedConvolution/bands", "FusedConvolution/winograd",
+            "FusedConvolution/pointwise"} - kinds:
         pytest.skip(f"this numpy's BLAS cannot be called from kernels: {sorted(kinds)}")
     plain.forward(data=x)
     fused.forward(data=x)
@@ -199,6 +207,18 @@ def test_fused_relus_keep_nan_as_caffe_does():
     assert np.isnan(got[np.isnan(want)]).all()
     finite = ~np.isnan(got)
     np.testing.assert_allclose(got[finite], want[finite], rtol=1e-4, atol=1e-5)
+    # the pointwise layer reads Winograd's output: compare it on its own input
+    plain.blobs["wino"].data[...] = fused.blobs["wino"].data
+    plain._plan().run(*_step_range(plain, "pw"))
+    want, got = plain.blobs["pw"].data, fused.blobs["pw"].data
+    assert np.isnan(want).any() and not np.isnan(want).all()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, equal_nan=True)
+
+
+def _step_range(net, first: str) -> tuple[int, int]:
+    """(index of the step named ``first``, index of the last step) of net's plan."""
+    steps = net._plan().steps
+    return next(i for i, s in enumerate(steps) if s.name == first), len(steps) - 1
 
 
 def test_fusion_can_be_switched_off(monkeypatch):

@@ -58,12 +58,21 @@ class FusedConvolution:
             # Convolution applies the ReLU with the bias, in one pass
             self.conv.relu_slope = relu_slope
         self.band = 0
+        self.pointwise = None
         if self.winograd is None and conv.type == "Convolution":
-            from netdef.layers.vision import column_bands
+            from numba import get_num_threads
+
+            from netdef.layers.vision import column_bands, pointwise_blocks
 
             self.band = column_bands(self.conv)
+            self.pointwise = pointwise_blocks(self.conv, get_num_threads())
 
     def forward(self, bottoms, tops):
+        if self.pointwise is not None:
+            from netdef.layers.vision import forward_pointwise
+
+            forward_pointwise(self.conv, self.pointwise, self.relu_slope, bottoms, tops)
+            return
         if self.band:
             from netdef.layers.vision import forward_bands
 

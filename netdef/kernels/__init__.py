@@ -20,12 +20,14 @@ ALL_KERNELS: list[tuple[str, str]] = [
     ("im2col", "im2col"),
     ("im2col", "col2im"),
     ("im2col", "conv_bands"),       # calls numpy's OpenBLAS: skipped by warmup without it
+    ("im2col", "pointwise_bands"),  # likewise
     ("pooling", "max_pool_forward"),
     ("pooling", "max_pool_forward_values"),
     ("pooling", "max_pool_3x3_values"),
     ("pooling", "max_pool_backward"),
     ("pooling", "ave_pool_forward"),
     ("pooling", "ave_pool_backward"),
+    ("pooling", "global_ave_pool"),
     ("lrn", "lrn_across_forward"),
     ("lrn", "lrn_across_backward"),
     ("lrn", "lrn_within_forward"),
@@ -58,6 +60,7 @@ ALL_KERNELS: list[tuple[str, str]] = [
     ("elementwise", "prelu"),
     ("elementwise", "prelu_backward"),
     ("elementwise", "eltwise_sum"),
+    ("elementwise", "eltwise_sum_pair"),
     ("elementwise", "eltwise_prod"),
     ("elementwise", "eltwise_max_pair"),
     ("elementwise", "eltwise_max"),
@@ -84,7 +87,8 @@ ALL_KERNELS: list[tuple[str, str]] = [
 
 # the kernels that call numpy's OpenBLAS (kernels.gemm): compiled only where it can be called
 NEEDS_BLAS = frozenset({("gemm", "products"), ("gemm", "vector_products"),
-                        ("im2col", "conv_bands"), ("winograd", "winograd_conv")})
+                        ("im2col", "conv_bands"), ("im2col", "pointwise_bands"),
+                        ("winograd", "winograd_conv")})
 
 
 def matmul(a, b, out, accumulate: bool = False) -> None:

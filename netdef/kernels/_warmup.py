@@ -36,6 +36,7 @@ _ARGS = {
     ("pooling", "max_pool_backward"): lambda: (_f(1, 2, 4, 4), _i(1, 2, 4, 4), _f(1, 2, 4, 4)),
     ("pooling", "ave_pool_forward"): lambda: (_f(1, 2, 4, 4), *_G, _f(1, 2, 4, 4)),
     ("pooling", "ave_pool_backward"): lambda: (_f(1, 2, 4, 4), *_G, _f(1, 2, 4, 4)),
+    ("pooling", "global_ave_pool"): lambda: (_f(2, 16), _f(2)),
     ("lrn", "lrn_across_forward"): lambda: (_f(1, 3, 2, 2), 3, 1e-4, 0.75, 1.0,
                                             _f(1, 3, 2, 2), _f(1, 3, 2, 2)),
     ("lrn", "lrn_across_backward"): lambda: (_f(1, 3, 2, 2), _f(1, 3, 2, 2),
@@ -76,6 +77,7 @@ _ARGS = {
     ("elementwise", "prelu_backward"): lambda: (_f(1, 2, 3), _f(1, 2, 3), _f(2), _f(1, 2, 3),
                                                 _f(2)),
     ("elementwise", "eltwise_sum"): lambda: (_f(4), _f(4), 1.0),
+    ("elementwise", "eltwise_sum_pair"): lambda: (_f(4), 1.0, _f(4), 1.0, _f(4)),
     ("elementwise", "eltwise_prod"): _flat1(2),
     ("elementwise", "eltwise_max_pair"): lambda: (_f(4), _f(4), _f(4), _i(4)),
     ("elementwise", "eltwise_max"): lambda: (_f(4), _f(4), _i(4), 2),
@@ -143,7 +145,16 @@ def _winograd_conv_args() -> tuple:
             _f(1, 36, 1, 2), _f(1, 36, 1, 2))
 
 
+def _pointwise_bands_args() -> tuple:
+    """A 1x1 convolution of two 16-position planes into two, one block."""
+    from netdef.kernels import gemm
+
+    gemm.available()
+    return (_f(1, 2, 16), _f(2, 2), _f(2), 1, np.float32(0.0), 2, 16, _f(1, 2, 16))
+
+
 _ARGS[("im2col", "conv_bands")] = _conv_bands_args
+_ARGS[("im2col", "pointwise_bands")] = _pointwise_bands_args
 _ARGS[("winograd", "winograd_conv")] = _winograd_conv_args
 _ARGS[("gemm", "products")] = lambda: _gemm_args(False)
 _ARGS[("gemm", "vector_products")] = lambda: _gemm_args(True)

@@ -254,6 +254,19 @@ def ave_pool_forward(x, kh, kw, sh, sw, ph, pw, out):
         _ave_plane(x, p // n_ch, p % n_ch, kh, kw, sh, sw, ph, pw, out)
 
 
+@parallel_kernel
+def global_ave_pool(x2, out):
+    """out[p] = mean of row p of x2 (planes, H*W): global average pooling
+    as one contiguous, vectorised sum per plane (MobileNet v2's 1280x7x7
+    pool6 took 0.08 ms through ``ave_pool_forward``'s windows)."""
+    size = x2.shape[1]
+    for p in prange(x2.shape[0]):
+        acc = 0.0  # float64: a plane can hold thousands of values
+        for q in range(size):
+            acc += x2[p, q]
+        out[p] = acc / size
+
+
 @helper
 def _ave_back_plane(top_diff, n, c, kh, kw, sh, sw, ph, pw, bottom_diff):
     height, width = bottom_diff.shape[2], bottom_diff.shape[3]

@@ -140,9 +140,15 @@ class Pooling(Layer):
         max_pool_backward(dy, self._argmax, bottom.diff)
 
     def _ave(self, x, tops):
-        from netdef.kernels.pooling import ave_pool_forward
+        from netdef.kernels import pooling
 
-        ave_pool_forward(x, *self._geometry(), tops[0].data)
+        n, c, h, w = x.shape
+        win = self.win
+        if (win.kh, win.kw, win.ph, win.pw) == (h, w, 0, 0) and x.flags.c_contiguous:
+            # one window per plane (global pooling): a plain mean of each plane
+            pooling.global_ave_pool(x.reshape(n * c, h * w), tops[0].data.reshape(n * c))
+            return
+        pooling.ave_pool_forward(x, *self._geometry(), tops[0].data)
 
     def _ave_backward(self, dy, bottom):
         from netdef.kernels.pooling import ave_pool_backward

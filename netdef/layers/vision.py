@@ -140,6 +140,58 @@ def column_bands(conv) -> int:
     return max(1, min(round(_BAND_COLUMNS / ow), -(-oh // 2)))
 
 
+# A pointwise block of output (channels x positions) for pointwise_bands: about
+# 128 KiB, to stay in a core's L2 cache between its SGEMM and its bias pass
+_POINTWISE_BLOCK = 1 << 15
+# but at least this many positions wide: narrower SGEMMs lost more than the
+# bias pass saved (MobileNet v1's 512x512 layer on 14x14 in blocks of 64
+# positions: 0.58 -> 0.85 ms; ResNet-50's 2048x512 on 7x7 in 16: 0.75 -> 1.10)
+_POINTWISE_MIN_COLS = 256
+
+
+def pointwise_blocks(conv, threads: int) -> tuple[int, int] | None:
+    """(rows, cols) of the blocks kernels.im2col.pointwise_bands computes
+    for a 1x1, stride-1, ungrouped ``conv``, or None where it should keep
+    its whole-map GEMM (maps under 16 positions, or no pooled BLAS). The
+    blocks are full-height bands of positions; on small maps, with too few
+    of them to keep ``threads`` busy, they are split into bands of output
+    channels too."""
+    from netdef.kernels import gemm
+
+    win, (oh, ow) = conv.win, conv.out_hw
+    plane, m = oh * ow, conv.num_output
+    if (not win.is_1x1 or (win.sh, win.sw) != (1, 1) or conv.group != 1 or conv.axis != 1
+            or getattr(conv, "depthwise", False) or plane < 16 or not gemm.available()):
+        return None
+    # bands of about equal width, a multiple of 16 positions, as many per
+    # image as a multiple of the threads (three bands on two threads: 2:1)
+    per_image = -(-plane // max(_POINTWISE_MIN_COLS, _POINTWISE_BLOCK // m))
+    if per_image > 1:
+        per_image = -(-per_image // threads) * threads
+    width = -(-plane // per_image)
+    cols = min(plane, -(-width // 16) * 16)
+    bands = conv.num * -(-plane // cols)
+    rows = m
+    if bands < 2 * threads:
+        rows = max(16, -(-m // -(-2 * threads // bands)))
+    return rows, cols
+
+
+def forward_pointwise(conv, blocks: tuple[int, int], relu_slope, bottoms, tops) -> None:
+    """Forward of a 1x1 ``conv`` (with a bias) through
+    kernels.im2col.pointwise_bands in ``blocks`` (``pointwise_blocks``)."""
+    from netdef.kernels.im2col import pointwise_bands
+
+    plane = conv.out_hw[0] * conv.out_hw[1]
+    w = conv.blobs[0].data.reshape(conv.num_output, conv.channels)
+    relu = 0 if relu_slope is None else 1
+    slope = np.float32(0.0 if relu_slope is None else relu_slope)
+    for bottom, top in zip(bottoms, tops, strict=True):
+        x = bottom.data.reshape(conv.num, conv.channels, plane)
+        y = top.data.reshape(conv.num, conv.num_output, plane)
+        pointwise_bands(x, w, conv.blobs[1].data, relu, slope, *blocks, y)
+
+
 def forward_bands(conv, band: int, relu_slope, bottoms, tops) -> None:
     """Forward of ``conv`` (with a bias) through kernels.im2col.conv_bands,
     ``band`` output rows per task; ``relu_slope`` None for no ReLU."""
