@@ -120,9 +120,13 @@ GEMM_CASES = [
     pytest.param(2, 6, 9, 8, 4, 3, 2, 1, 1, 2, id="group2"),
     pytest.param(1, 6, 8, 7, 6, 3, 1, 2, 2, 3, id="group3-dilated"),
     pytest.param(2, 4, 7, 9, 4, (2, 3), (3, 1), (0, 1), 1, 4, id="depthwise"),
+    # outputs up to 8 wide unfold element by element; wider ones use
     # im2col's literal-stride copies (2 and 4) and the general one (3)
-    pytest.param(1, 3, 19, 23, 2, 5, (2, 4), 2, 1, 1, id="stride4-pad2"),
-    pytest.param(1, 2, 11, 13, 3, 3, (1, 3), 2, 1, 1, id="stride3-pad2"),
+    pytest.param(1, 3, 19, 23, 2, 5, (2, 4), 2, 1, 1, id="narrow-stride4-pad2"),
+    pytest.param(1, 2, 11, 13, 3, 3, (1, 3), 2, 1, 1, id="narrow-stride3-pad2"),
+    pytest.param(1, 3, 19, 47, 2, 5, (2, 4), 2, 1, 1, id="stride4-pad2"),
+    pytest.param(1, 2, 11, 31, 3, 3, (1, 3), 2, 1, 1, id="stride3-pad2"),
+    pytest.param(2, 2, 9, 21, 2, 3, 2, 1, 2, 1, id="stride2-dilated"),
 ]
 
 

@@ -66,6 +66,28 @@ def _copy_strided(src, dst, count, sw):
             dst[k] = src[k * sw]
 
 
+# Outputs at most this wide unfold element by element (_im2col_row_narrow)
+_NARROW = 8
+
+
+@helper
+def _im2col_row_narrow(x, n, c, h_off, w_off, sh, sw, oh0, oh1, out_w, out):
+    """``_im2col_row`` for narrow outputs (the 5x5 and 3x3 maps of SSD's
+    last layers): every value indexed directly, no view per output row,
+    whose cost is most of the time when a row has 3 to 8 values."""
+    height, width = x.shape[2], x.shape[3]
+    for oh in range(oh0, oh1):
+        iy = oh * sh + h_off
+        base = (oh - oh0) * out_w
+        if iy < 0 or iy >= height:
+            for ow in range(out_w):
+                out[base + ow] = 0.0
+            continue
+        for ow in range(out_w):
+            ix = ow * sw + w_off
+            out[base + ow] = x[n, c, iy, ix] if 0 <= ix < width else np.float32(0.0)
+
+
 @helper
 def _im2col_row(x, n, r, kh, kw, ph, pw, sh, sw, dh, dw, oh0, oh1, out_w, out):
     """Row r of image n's columns for output rows oh0 .. oh1-1, written to
@@ -82,6 +104,9 @@ def _im2col_row(x, n, r, kh, kw, ph, pw, sh, sw, dh, dw, oh0, oh1, out_w, out):
     i = (r // kw) % kh
     j = r % kw
     w_off = j * dw - pw
+    if out_w <= _NARROW:
+        _im2col_row_narrow(x, n, c, i * dh - ph, w_off, sh, sw, oh0, oh1, out_w, out)
+        return
     lo, hi = _valid_range(w_off, sw, width, out_w)
     top, bottom = _valid_range(i * dh - ph, sh, height, oh1)
     top, bottom = max(top, oh0), max(bottom, oh0)

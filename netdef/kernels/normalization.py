@@ -33,17 +33,24 @@ def channel_affine(x3, scale, shift, out3):
 
 
 @helper
-def _affine_relu_plane(x3, o, c, scale, shift, relu, slope, out3):
+def _affine_relu_plane(x3, o, c, lo, hi, scale, shift, relu, slope, out3):
+    """Elements lo .. hi-1 of plane (o, c)."""
     a = scale[c]
     b = shift[c]
     zero = np.float32(0.0)
+    src, dst = x3[o, c, lo:hi], out3[o, c, lo:hi]
     if relu != 0:       # Caffe's std::max(v, 0) + slope * std::min(v, 0): NaN stays NaN
-        for i in range(x3.shape[2]):
-            v = x3[o, c, i] * a + b
-            out3[o, c, i] = (zero if v < zero else v) + slope * (zero if zero < v else v)
+        for i in range(hi - lo):
+            v = src[i] * a + b
+            dst[i] = (zero if v < zero else v) + slope * (zero if zero < v else v)
     else:
-        for i in range(x3.shape[2]):
-            out3[o, c, i] = x3[o, c, i] * a + b
+        for i in range(hi - lo):
+            dst[i] = src[i] * a + b
+
+
+# planes longer than this are split between tasks: the face detector's input
+# BatchNorm has 3 planes of 90,000, which two threads split 2:1 when whole
+_AFFINE_PART = 1 << 14
 
 
 @parallel_kernel
@@ -55,9 +62,14 @@ def channel_affine_relu(x3, scale, shift, relu, slope, out3):
     (compile/fuse.py FusedAffine): a pre-activation ResNet's BN, Scale and
     ReLU after each sum. Parallel over the outer x C planes.
     """
-    outer, n_ch = x3.shape[0], x3.shape[1]
-    for t in prange(outer * n_ch):
-        _affine_relu_plane(x3, t // n_ch, t % n_ch, scale, shift, relu, slope, out3)
+    outer, n_ch, inner = x3.shape
+    parts = max(1, -(-inner // _AFFINE_PART))
+    size = -(-inner // parts)
+    for t in prange(outer * n_ch * parts):
+        plane, part = t // parts, t % parts
+        lo = part * size
+        _affine_relu_plane(x3, plane // n_ch, plane % n_ch, lo, min(inner, lo + size),
+                           scale, shift, relu, slope, out3)
 
 
 @helper
