@@ -509,6 +509,20 @@ def test_eltwise_sum_pair_scales_both_inputs_in_place_or_not(alias):
     close(out, want)
 
 
+@pytest.mark.parametrize("alias", [None, "x0", "x1"])
+@pytest.mark.parametrize("shape", [(2, 3, 5), pytest.param((1, 3, 40000), id="split-planes")])
+def test_channel_sum_affine_relu(alias, shape):
+    rng = np.random.default_rng(14)
+    x0, x1 = rand(rng, *shape), rand(rng, *shape)
+    x0.flat[0] = np.nan                  # the ReLU keeps NaN, as Caffe's does
+    scale, shift = rand(rng, shape[1]), rand(rng, shape[1])
+    s = (0.5 * x0.astype(np.float64) + 2.0 * x1) * scale[None, :, None] + shift[None, :, None]
+    want = np.maximum(s, 0) + 0.1 * np.minimum(s, 0)
+    out = {"x0": x0, "x1": x1}.get(alias, np.full(shape, np.nan, np.float32))
+    normalization.channel_sum_affine_relu(x0, 0.5, x1, 2.0, scale, shift, 1, np.float32(0.1), out)
+    close(out, want)
+
+
 @pytest.mark.parametrize("planes,size", [(3, 1), (7, 49), pytest.param(1280, 64, id="parallel")])
 def test_global_ave_pool_is_the_plane_mean(planes, size):
     x = np.random.default_rng(13).standard_normal((planes, size)).astype(np.float32)

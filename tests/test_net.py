@@ -125,10 +125,17 @@ layer { name: "conv2" type: "Convolution" bottom: "bn1" top: "conv2"
 """
 
 
-@pytest.mark.parametrize("keep", [(), ("data_bn",), ("bn1",)])
-def test_batchnorm_chains_after_no_convolution_run_as_one_affine_map(keep):
-    """A pre-activation block: BN/Scale(/ReLU) on the input and after a sum
-    become one step each, unless the caller keeps a blob inside the chain."""
+@pytest.mark.parametrize("keep,chains", [
+    ((), {"data_bn+data_scale", "sum+bn1+scale1+relu1"}),
+    (("data_bn",), {"sum+bn1+scale1+relu1"}),
+    # a kept blob cuts the chain after the step that writes it
+    (("bn1",), {"data_bn+data_scale", "sum+bn1"}),
+    (("sum",), {"data_bn+data_scale", "bn1+scale1+relu1"}),
+])
+def test_batchnorm_chains_after_no_convolution_run_as_one_affine_map(keep, chains):
+    """A pre-activation block: BN/Scale(/ReLU) on the input, and the sum
+    with the BN/Scale/ReLU after it, become one step each, unless the
+    caller keeps a blob inside the chain."""
     x = np.random.default_rng(1).standard_normal((2, 3, 6, 6)).astype(np.float32)
     plain = Net(PRE_ACTIVATION, keep=keep)
     randomize_weights(plain, seed=3)
@@ -144,14 +151,36 @@ def test_batchnorm_chains_after_no_convolution_run_as_one_affine_map(keep):
     want = plain.forward(data=x)["conv2"].copy()
     np.testing.assert_allclose(fused.forward(data=x)["conv2"], want, rtol=1e-5, atol=1e-6)
     for name in keep:
-        np.testing.assert_allclose(fused.blobs[name].data, plain.blobs[name].data, rtol=1e-5)
-    affine = {"data_bn+data_scale", "bn1+scale1+relu1"}
+        np.testing.assert_allclose(fused.blobs[name].data, plain.blobs[name].data, rtol=1e-5,
+                                   atol=1e-6)
     steps = {s.name for s in fused._plan().steps}
-    assert affine & steps == {n for n in affine if n.split("+")[0] not in keep}
+    assert chains <= steps
+    assert not {n for n in steps if "+" in n and n not in chains}
     # a chain cut by a kept blob runs its BatchNorm/Scale pieces as affine
     # maps; relu1, cut from scale1 by the kept bn1, stays a ReLU
     count = 4 if "bn1" in keep else 5
     assert f"{count} other BatchNorm/Scale/ReLU layers" in " ".join(fused.plan_log)
+
+
+def test_a_sum_read_by_two_layers_is_not_fused():
+    """The sum's own values are still needed by the other reader."""
+    text = PRE_ACTIVATION.replace(
+        'layer { name: "conv2"',
+        'layer { name: "conv3" type: "Convolution" bottom: "sum" top: "conv3"\n'
+        '        convolution_param { num_output: 2 kernel_size: 1 } }\nlayer { name: "conv2"')
+    plain = Net(text)
+    randomize_weights(plain, seed=5)
+    fused = Net(text, optimize=True)
+    for name, blobs in plain.params.items():
+        for src, dst in zip(blobs, fused.params[name]):
+            dst.data[...] = src.data
+    fused.reshape()
+    assert not [s.name for s in fused._plan().steps if s.name.startswith("sum+")]
+    x = np.random.default_rng(6).standard_normal((2, 3, 6, 6)).astype(np.float32)
+    want = {k: v.copy() for k, v in plain.forward(data=x).items()}
+    got = fused.forward(data=x)
+    for name in ("conv2", "conv3"):
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6)
 
 
 NAN_PATHS = """

@@ -23,6 +23,7 @@ import numpy as np
 from netdef.blob import Blob
 from netdef.compile.instantiate import Step
 from netdef.frontend.graph import Node
+from netdef.frontend.schema import pb
 
 
 # Layer types whose output channels take a per-channel affine map into their
@@ -128,6 +129,42 @@ class FusedAffine:
                             y.reshape(view))
 
 
+class FusedSumAffine(FusedAffine):
+    """An Eltwise SUM of two bottoms and the BatchNorm/Scale(/ReLU) chain
+    that alone reads it, as one pass: x0, x1 -> relu(a (c0 x0 + c1 x1) + b)
+    per channel (kernels.normalization.channel_sum_affine_relu), instead of
+    writing the sum and reading it back. A pre-activation ResNet (the face
+    detector) has one after each residual block; ResNet-50's sum + ReLU is
+    one too."""
+
+    kind = "elementwise"
+
+    def __init__(self, coeff, a, b, relu_slope, names, type_: str):
+        super().__init__(a, b, relu_slope, names, type_)
+        self.coeff = tuple(float(c) for c in coeff)
+
+    def forward(self, bottoms, tops):
+        from netdef.kernels.normalization import channel_sum_affine_relu
+
+        x0, x1, y = bottoms[0].data, bottoms[1].data, tops[0].data
+        view = (x0.shape[0], x0.shape[1], -1)
+        channel_sum_affine_relu(x0.reshape(view), self.coeff[0], x1.reshape(view),
+                                self.coeff[1], self.scale, self.shift, self.relu, self.slope,
+                                y.reshape(view))
+
+
+def _sum_of_two(step: Step):
+    """The coefficients of an Eltwise SUM of two same-shape bottoms with
+    an axis of channels, else None."""
+    layer = step.layer
+    if (layer.type != "Eltwise" or len(step.bottoms) != 2 or len(step.tops) != 1
+            or getattr(layer, "operation", None) != pb.EltwiseParameter.SUM
+            or step.bottoms[0].shape != step.bottoms[1].shape
+            or len(step.bottoms[0].shape) < 2):
+        return None
+    return layer.coeff
+
+
 def _affine_of(step: Step, channels: int):
     """(a, b) per channel if ``step`` is a foldable BatchNorm/Scale, else None."""
     layer = step.layer
@@ -194,9 +231,24 @@ def fuse_for_inference(steps: list[Step], protected: set[str], log: list[str]) -
         for t in step.tops:
             writer[id(t)] = k
     out: list[Step] = []
-    i, folded, relus, winograds, affines = 0, 0, 0, 0, 0
+    i, folded, relus, winograds, affines, sums = 0, 0, 0, 0, 0, 0
     while i < len(steps):
         step = steps[i]
+        coeff = _sum_of_two(step)
+        if coeff is not None:
+            channels = step.bottoms[0].shape[1]
+            chain, top, j, a, b, relu_slope = _follow_chain(
+                steps, i, channels, np.ones(channels), np.zeros(channels), readers, protected)
+            if len(chain) > 1:
+                fused = FusedSumAffine(coeff, a, b, relu_slope, [s.name for s in chain],
+                                       step.node.type)
+                node = Node(fused.name, fused.type, list(step.node.bottoms), [top.name],
+                            step.node.param, step.node.where)
+                out.append(Step(node, fused, list(step.bottoms), [top]))
+                sums += 1
+                affines += len(chain) - 1
+                i = j
+                continue
         if step.layer.type in _AFFINE and len(step.bottoms[0].shape) >= 2:
             channels = step.bottoms[0].shape[1]
             affine = _affine_of(step, channels)
@@ -243,7 +295,8 @@ def fuse_for_inference(steps: list[Step], protected: set[str], log: list[str]) -
                f"{relus} ReLUs applied in the convolution step, "
                f"{winograds} 3x3 convolutions run as Winograd F(4x4, 3x3)"
                + (f" ({shared} of them sharing another's input transform)" if shared else "")
-               + f", {affines} other BatchNorm/Scale/ReLU layers run as one-pass affine maps")
+               + f", {affines} other BatchNorm/Scale/ReLU layers run as one-pass affine maps"
+               + (f", {sums} Eltwise sums with the layers after them" if sums else ""))
     return out
 
 

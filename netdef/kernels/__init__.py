@@ -67,6 +67,7 @@ ALL_KERNELS: list[tuple[str, str]] = [
     ("elementwise", "eltwise_max_backward"),
     ("normalization", "channel_affine"),
     ("normalization", "channel_affine_relu"),
+    ("normalization", "channel_sum_affine_relu"),
     ("normalization", "channel_mean_var"),
     ("normalization", "channel_sums"),
     ("normalization", "channel_affine_pair"),

@@ -73,6 +73,40 @@ def channel_affine_relu(x3, scale, shift, relu, slope, out3):
 
 
 @helper
+def _sum_affine_relu_plane(x0, c0, x1, c1, o, c, lo, hi, scale, shift, relu, slope, out3):
+    """Elements lo .. hi-1 of plane (o, c) of (c0 x0 + c1 x1) * scale + shift."""
+    a = scale[c]
+    b = shift[c]
+    k0, k1 = np.float32(c0), np.float32(c1)
+    zero = np.float32(0.0)
+    s0, s1, dst = x0[o, c, lo:hi], x1[o, c, lo:hi], out3[o, c, lo:hi]
+    if relu != 0:
+        for i in range(hi - lo):
+            v = (k0 * s0[i] + k1 * s1[i]) * a + b
+            dst[i] = (zero if v < zero else v) + slope * (zero if zero < v else v)
+    else:
+        for i in range(hi - lo):
+            dst[i] = (k0 * s0[i] + k1 * s1[i]) * a + b
+
+
+@parallel_kernel
+def channel_sum_affine_relu(x0, c0, x1, c1, scale, shift, relu, slope, out3):
+    """out3 = (c0 * x0 + c1 * x1) * scale[c] + shift[c], then, if ``relu``
+    (an int) is not 0, ReLU with negative slope ``slope`` (float32); out3
+    may be x0 or x1. An Eltwise SUM and the BatchNorm/Scale/ReLU chain
+    after it in one pass (compile/fuse.py FusedSumAffine): a pre-activation
+    ResNet's sums and the activations after them, ResNet-50's sum + ReLU."""
+    outer, n_ch, inner = x0.shape
+    parts = max(1, -(-inner // _AFFINE_PART))
+    size = -(-inner // parts)
+    for t in prange(outer * n_ch * parts):
+        plane, part = t // parts, t % parts
+        lo = part * size
+        _sum_affine_relu_plane(x0, c0, x1, c1, plane // n_ch, plane % n_ch, lo,
+                               min(inner, lo + size), scale, shift, relu, slope, out3)
+
+
+@helper
 def _mean_var_channel(x3, c, mean, var):
     outer, inner = x3.shape[0], x3.shape[2]
     count = outer * inner
