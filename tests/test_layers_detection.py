@@ -390,3 +390,19 @@ def test_detection_output_top_k_zero_keeps_nothing():
     loc, conf, prior = detection_inputs(num=1)
     (out,) = run_layer(det_layer(nms="nms_threshold: 0.4 top_k: 0"), [loc, conf, prior])
     np.testing.assert_array_equal(out[0, 0], [[0, -1, -1, -1, -1, -1, -1]])
+
+
+def test_best_first_matches_a_stable_sort_of_every_candidate():
+    """DetectionOutput picks top_k candidates before sorting: the same
+    boxes in the same order as stably sorting them all, ties included."""
+    from netdef.layers.detection import _best_first
+
+    rng = np.random.default_rng(21)
+    for _ in range(500):
+        n = int(rng.integers(0, 40))
+        values = (rng.integers(0, 5, n) / 4).astype(np.float32)     # many ties
+        cand = np.sort(rng.choice(100, n, replace=False))
+        top_k = int(rng.integers(-1, 45))
+        full = cand[np.argsort(-values, kind="stable")]
+        want = full if top_k < 0 else full[:top_k]
+        np.testing.assert_array_equal(_best_first(cand, values, top_k), want)

@@ -292,6 +292,25 @@ _CODE_TYPES = {pb.PriorBoxParameter.CORNER: "CORNER",
                pb.PriorBoxParameter.CORNER_SIZE: "CORNER_SIZE"}
 
 
+def _best_first(cand: np.ndarray, values: np.ndarray, top_k: int) -> np.ndarray:
+    """cand sorted by values, highest first, ties in cand's order (a stable
+    sort, as the fork's), cut to the first ``top_k`` unless it is -1. With
+    more candidates than top_k, those top_k are picked first in linear time
+    (every value above the top_k-th largest, then ties with it in order),
+    so only they are sorted: with a low confidence threshold all 8,732 of
+    the face detector's priors can be candidates (0.6 ms to sort)."""
+    if -1 < top_k < len(cand):
+        if top_k == 0:
+            return cand[:0]
+        kth = np.partition(values, len(values) - top_k)[len(values) - top_k]
+        above = values > kth
+        ties = np.flatnonzero(values == kth)[:top_k - int(above.sum())]
+        above[ties] = True
+        cand, values = cand[above], values[above]
+    order = cand[np.argsort(-values, kind="stable")]
+    return order if top_k < 0 else order[:top_k]
+
+
 def decode_boxes(loc: np.ndarray, priors: np.ndarray, variances: np.ndarray | None,
                  code_type: str) -> np.ndarray:
     """Decode (..., P, 4) offsets against (P, 4) priors, float32 throughout.
@@ -437,9 +456,7 @@ class DetectionOutput(Layer):
                 s = scores[c]
                 cand = (np.arange(n_p) if self.confidence_threshold is None
                         else np.flatnonzero(s > np.float32(self.confidence_threshold)))
-                order = cand[np.argsort(-s[cand], kind="stable")]
-                if self.top_k > -1:
-                    order = order[:self.top_k]
+                order = _best_first(cand, s[cand], self.top_k)
                 label_boxes = boxes[0 if self.share_location else c]
                 keep = np.empty(len(order), np.int64)
                 count = nms_keep(label_boxes, order.astype(np.int64), self.nms_threshold,

@@ -160,7 +160,7 @@ def pointwise_blocks(conv, threads: int) -> tuple[int, int] | None:
 
     win, (oh, ow) = conv.win, conv.out_hw
     plane, m = oh * ow, conv.num_output
-    if (not win.is_1x1 or (win.sh, win.sw) != (1, 1) or conv.group != 1 or conv.axis != 1
+    if (not win.is_1x1 or conv.group != 1 or conv.axis != 1
             or getattr(conv, "depthwise", False) or plane < 16 or not gemm.available()):
         return None
     # bands of about equal width, a multiple of 16 positions, as many per
