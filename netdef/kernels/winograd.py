@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from netdef.kernels._jit import helper, parallel_kernel, prange
+from netdef.kernels._jit import helper, kernel, parallel_kernel, prange
 from netdef.kernels.gemm import _NO_TRANS, _ROW_MAJOR, _sgemm, _threads_local
 
 # The transform matrices of F(4x4, 3x3) for the points 0, 1, -1, 2, -2, inf.
@@ -105,7 +105,7 @@ def _bt_flat(src, base, step, dst, out, out_step, chans):
         dst[out + _U5 * out_step + c] = r5
 
 
-@helper
+@kernel
 def _input_row(x, image, ty, ph, pw, tiles_w, v, t0, strip, tmp):
     """V[:, t0 .. t0 + tiles_w - 1, :]: the tiles of row ty of tiles of x[image].
 
@@ -190,7 +190,7 @@ def _at_flat(src, base, step, dst, out, out_step, chans, bias, b0):
         dst[out + _U3 * out_step + c] = r3 + bc
 
 
-@helper
+@kernel
 def _output_row(p, m0, bias, zeros, relu, slope, image, ty, tiles_w, y, t0, tmp, strip):
     """Row ty of tiles of y[image] from P's tiles t0 .. t0 + tiles_w - 1,
     channels m0 ..: per tile, A^T down the transformed rows into ``tmp``
