@@ -53,6 +53,21 @@ def _affine_relu_plane(x3, o, c, lo, hi, scale, shift, relu, slope, out3):
 _AFFINE_PART = 1 << 14
 
 
+@helper
+def _parts(inner):
+    """Tasks per plane of ``inner`` values."""
+    return max(1, -(-inner // _AFFINE_PART))
+
+
+@helper
+def _plane_part(t, parts, n_ch, inner):
+    """(outer index, channel, lo, hi) of task t: part t % parts of plane t // parts."""
+    plane, part = t // parts, t % parts
+    size = -(-inner // parts)
+    lo = part * size
+    return plane // n_ch, plane % n_ch, lo, min(inner, lo + size)
+
+
 @parallel_kernel
 def channel_affine_relu(x3, scale, shift, relu, slope, out3):
     """out3 = x3 * scale[c] + shift[c], then, if ``relu`` (an int) is not 0,
@@ -63,13 +78,10 @@ def channel_affine_relu(x3, scale, shift, relu, slope, out3):
     ReLU after each sum. Parallel over the outer x C planes.
     """
     outer, n_ch, inner = x3.shape
-    parts = max(1, -(-inner // _AFFINE_PART))
-    size = -(-inner // parts)
+    parts = _parts(inner)
     for t in prange(outer * n_ch * parts):
-        plane, part = t // parts, t % parts
-        lo = part * size
-        _affine_relu_plane(x3, plane // n_ch, plane % n_ch, lo, min(inner, lo + size),
-                           scale, shift, relu, slope, out3)
+        o, c, lo, hi = _plane_part(t, parts, n_ch, inner)
+        _affine_relu_plane(x3, o, c, lo, hi, scale, shift, relu, slope, out3)
 
 
 @helper
@@ -97,13 +109,10 @@ def channel_sum_affine_relu(x0, c0, x1, c1, scale, shift, relu, slope, out3):
     after it in one pass (compile/fuse.py FusedSumAffine): a pre-activation
     ResNet's sums and the activations after them, ResNet-50's sum + ReLU."""
     outer, n_ch, inner = x0.shape
-    parts = max(1, -(-inner // _AFFINE_PART))
-    size = -(-inner // parts)
+    parts = _parts(inner)
     for t in prange(outer * n_ch * parts):
-        plane, part = t // parts, t % parts
-        lo = part * size
-        _sum_affine_relu_plane(x0, c0, x1, c1, plane // n_ch, plane % n_ch, lo,
-                               min(inner, lo + size), scale, shift, relu, slope, out3)
+        o, c, lo, hi = _plane_part(t, parts, n_ch, inner)
+        _sum_affine_relu_plane(x0, c0, x1, c1, o, c, lo, hi, scale, shift, relu, slope, out3)
 
 
 @helper
