@@ -187,9 +187,13 @@ def forward_pointwise(conv, blocks: tuple[int, int], relu_slope, bottoms, tops) 
     relu = 0 if relu_slope is None else 1
     slope = np.float32(0.0 if relu_slope is None else relu_slope)
     for bottom, top in zip(bottoms, tops, strict=True):
-        x = bottom.data.reshape(conv.num, conv.channels, plane)
+        # the kernel addresses x and y as whole C-contiguous arrays
+        x = np.ascontiguousarray(bottom.data).reshape(conv.num, conv.channels, plane)
         y = top.data.reshape(conv.num, conv.num_output, plane)
-        pointwise_bands(x, w, conv.blobs[1].data, relu, slope, *blocks, y)
+        out = y if y.flags.c_contiguous else np.empty(y.shape, np.float32)
+        pointwise_bands(x, w, conv.blobs[1].data, relu, slope, *blocks, out)
+        if out is not y:
+            y[...] = out
 
 
 def forward_bands(conv, band: int, relu_slope, bottoms, tops) -> None:
