@@ -130,35 +130,31 @@ def _gemm_args(vector: bool) -> tuple:
     return (1, 1, 1, 2, 2, 2, a, 0, 8, 111, 2, a + 16, 0, 4, 111, 2, beta, a + 32, 0, 8)
 
 
-def _conv_bands_args() -> tuple:
-    """A 3x3 convolution of one 4x4 plane into two, in bands of two rows."""
-    from netdef.kernels import gemm
+def _with_blas(make):
+    """Dummy arguments from ``make()`` for a kernel that calls the BLAS of
+    kernels.gemm, after registering its symbols (which must precede the
+    kernel's compile or cache load)."""
+    def args() -> tuple:
+        from netdef.kernels import gemm
 
-    gemm.available()
-    return (_f(1, 1, 4, 4), _f(2, 9), _f(2), 1, np.float32(0.0), 3, 3, 1, 1, 1, 1, 1, 1, 1, 2,
-            _f(1, 2, 16))
-
-
-def _winograd_conv_args() -> tuple:
-    """One 4x4 tile of a 2-channel image into 2 channels, one worker."""
-    from netdef.kernels import gemm
-
-    gemm.available()
-    return (_f(1, 2, 4, 4), 0, 1, 1, 1, 1, 1, 1, _f(36, 2, 2), _f(2), 0, 0.0, _f(1, 2, 4, 4),
-            _f(1, 36, 1, 2), _f(1, 36, 1, 2))
+        gemm.available()
+        return make()
+    return args
 
 
-def _pointwise_bands_args() -> tuple:
-    """A 1x1 convolution of two 16-position planes into two, one block."""
-    from netdef.kernels import gemm
+# a 3x3 convolution of one 4x4 plane into two, in bands of two rows
+_ARGS[("im2col", "conv_bands")] = _with_blas(lambda: (
+    _f(1, 1, 4, 4), _f(2, 9), _f(2), 1, np.float32(0.0), 3, 3, 1, 1, 1, 1, 1, 1, 1, 2,
+    _f(1, 2, 16)))
+# one 4x4 tile of a 2-channel image into 2 channels, one worker
+_ARGS[("winograd", "winograd_conv")] = _with_blas(lambda: (
+    _f(1, 2, 4, 4), 0, 1, 1, 1, 1, 1, 1, _f(36, 2, 2), _f(2), 0, 0.0, _f(1, 2, 4, 4),
+    _f(1, 36, 1, 2), _f(1, 36, 1, 2)))
+# a 1x1 convolution of two 16-position planes into two, one block
+_ARGS[("im2col", "pointwise_bands")] = _with_blas(lambda: (
+    _f(1, 2, 16), _f(2, 2), _f(2), 1, np.float32(0.0), 2, 16, _f(1, 2, 16)))
 
-    gemm.available()
-    return (_f(1, 2, 16), _f(2, 2), _f(2), 1, np.float32(0.0), 2, 16, _f(1, 2, 16))
 
-
-_ARGS[("im2col", "conv_bands")] = _conv_bands_args
-_ARGS[("im2col", "pointwise_bands")] = _pointwise_bands_args
-_ARGS[("winograd", "winograd_conv")] = _winograd_conv_args
 _ARGS[("gemm", "products")] = lambda: _gemm_args(False)
 _ARGS[("gemm", "vector_products")] = lambda: _gemm_args(True)
 

@@ -230,18 +230,10 @@ def _ave_plane(x, n, c, kh, kw, sh, sw, ph, pw, out):
             pool_size = rows * (we - ws)
             ws = max(ws, 0)
             we = min(we, width)
-            acc = 0.0  # float64: global pooling sums thousands of values
-            if ws == 0 and we == width:
-                # whole rows (global pooling): one contiguous run, which
-                # vectorises; MobileNet v2's 1280x7x7 pool6 took 0.07 ms
-                # row by row
-                run = x[n, c].reshape(height * width)[hs * width:he * width]
-                for q in range(run.shape[0]):
-                    acc += run[q]
-            else:
-                for h in range(hs, he):
-                    for w in range(ws, we):
-                        acc += x[n, c, h, w]
+            acc = 0.0  # float64: a window can sum thousands of values
+            for h in range(hs, he):
+                for w in range(ws, we):
+                    acc += x[n, c, h, w]
             out[n, c, oh, ow] = acc / pool_size
 
 

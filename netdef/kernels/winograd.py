@@ -117,7 +117,7 @@ def _input_row(x, image, ty, ph, pw, tiles_w, v, t0, strip, tmp):
     small maps (a 19x19 map has 5 tiles per row, a 5x5 map 2), and V's rows
     (one per tile) are written whole: 256 channels on 19x19 took 0.14 ms
     against 0.35 ms with the tile-vectorised transform and V (36, C, T).
-    All three work through flat views with unsigned offsets (``_bt_flat``)."""
+    Both B passes index flat views with unsigned offsets (``_bt_flat``)."""
     chans, height, width = x.shape[1], x.shape[2], x.shape[3]
     span = 4 * tiles_w + 2
     for r in range(6):
@@ -200,13 +200,13 @@ def _output_row(p, m0, bias, zeros, relu, slope, image, ty, tiles_w, y, t0, tmp,
     pass's bias). Loops over channels as in ``_input_row``."""
     chans, out_h, out_w = y.shape[1], y.shape[2], y.shape[3]
     p_flat, tmp_flat, strip_flat = p.reshape(-1), tmp.reshape(-1), strip.reshape(-1)
-    nc, width = np.uint64(chans), np.uint64(p.shape[2])
-    xi_step = np.uint64(p.shape[1]) * width
+    nc, p_chans = np.uint64(chans), np.uint64(p.shape[2])
+    xi_step = np.uint64(p.shape[1]) * p_chans
     col6 = np.uint64(6) * nc
     row_step = np.uint64(4 * tiles_w) * nc
     zero = np.uint64(0)
     for tx in range(tiles_w):
-        t = np.uint64(t0 + tx) * width + np.uint64(m0)
+        t = np.uint64(t0 + tx) * p_chans + np.uint64(m0)
         for s in range(6):
             _at_flat(p_flat, np.uint64(s) * xi_step + t, np.uint64(6) * xi_step,
                      tmp_flat, np.uint64(s) * nc, col6, nc, zeros, zero)

@@ -68,11 +68,8 @@ class Eltwise(Layer):
         flat = [np.ascontiguousarray(b.data).reshape(-1) for b in bottoms]
         dst = out.reshape(-1)
         if self.operation == _ELTWISE.SUM:
-            if len(flat) == 1:
-                np.multiply(flat[0], np.float32(self.coeff[0]), out=dst)
-            else:
-                # the first two in one pass (in place, top is bottom 0 or 1)
-                k.eltwise_sum_pair(flat[0], self.coeff[0], flat[1], self.coeff[1], dst)
+            # the first two in one pass (in place, top is bottom 0 or 1)
+            k.eltwise_sum_pair(flat[0], self.coeff[0], flat[1], self.coeff[1], dst)
             for x, c in zip(flat[2:], self.coeff[2:], strict=True):
                 k.eltwise_sum(dst, x, c)
         elif self.operation == _ELTWISE.PROD:

@@ -95,13 +95,13 @@ def forward_heads(layer, ww: WinogradWeights, heads, bottom, tops) -> None:
     mg, cg = m // g, c // g
     (h, wd), (oh, ow) = layer.in_hw, layer.out_hw
     th, tw = _tiles(layer)
-    per_image = th * tw
-    block = max(1, min(layer.num, _BLOCK_FLOATS // (36 * max(c, m) * per_image)))
     x = bottom.data.reshape(layer.num, c, h, wd)
     ys = [top.data.reshape(layer.num, -1, oh, ow) for top in tops]
     if g == 1 and len(tops) == 1 and c * m * 36 <= _CHUNKED_MAX_U and gemm_available():
         _forward_chunked(layer, ww.u[0], heads[0], x, ys[0], th, tw)
         return
+    per_image = th * tw
+    block = max(1, min(layer.num, _BLOCK_FLOATS // (36 * max(c, m) * per_image)))
     for n0 in range(0, layer.num, block):
         t = min(block, layer.num - n0) * per_image
         v = _scratch("winograd_v", 36 * c * t).reshape(36, t, c)
