@@ -402,3 +402,101 @@ def test_mobile_layers_agree_with_opencv(tmp_path, dw):
             assert got.shape == theirs.shape, name
             err = np.max(np.abs(got - theirs)) / max(np.max(np.abs(theirs)), 1e-12)
             assert err <= 1e-4, (name, err)
+
+
+# ------------------------------------- 1x1 expansion + depthwise, one step ----
+def _act(x, relu, slope):
+    return np.maximum(x, 0) + slope * np.minimum(x, 0) if relu else x
+
+
+# (N, C, E, H, W, stride, band): a last band narrower than the others, planes
+# read in place (from 20 columns) and through the padded copy, parallel calls
+@pytest.mark.parametrize("n,c,e,h,w,stride,band", [
+    (2, 3, 12, 9, 10, 1, 8),
+    (1, 4, 16, 14, 14, 2, 8),
+    (1, 2, 24, 21, 23, 1, 16),
+    (2, 2, 8, 7, 7, 2, 8),
+    (1, 3, 40, 28, 28, 2, 16),
+    (2, 8, 64, 24, 24, 1, 8),
+])
+@pytest.mark.parametrize("acts", [((0, 0.0), (0, 0.0)), ((1, 0.0), (1, 0.0)),
+                                  ((1, 0.25), (0, 0.0)), ((0, 0.0), (1, 0.1))])
+def test_pointwise_depthwise_kernel_matches_the_two_layers(n, c, e, h, w, stride, band, acts):
+    from netdef.kernels import gemm
+
+    if not gemm.available():
+        pytest.skip("pointwise_depthwise calls numpy's OpenBLAS, which cannot be called here")
+    from netdef.kernels.depthwise import pointwise_depthwise
+
+    (relu1, slope1), (relu2, slope2) = acts
+    x = rand(n, c, h, w, seed=31)
+    we, be = rand(e, c, 1, 1, seed=32), rand(e, seed=33)
+    wd, bd = rand(e, 1, 3, 3, seed=34), rand(e, seed=35)
+    hidden = _act(conv2d_reference(x, we, be, 1, 0), relu1, slope1)
+    expected = _act(depthwise_conv2d_reference(hidden, wd, bd, stride, 1), relu2, slope2)
+    y = np.full(expected.shape, np.nan, np.float32)
+    pointwise_depthwise(x, we.reshape(e, c), be, relu1, np.float32(slope1), wd.reshape(e, 3, 3),
+                        bd, 3, 3, 1, 1, stride, stride, 1, 1, relu2, np.float32(slope2), band, y)
+    np.testing.assert_allclose(y, expected, rtol=RTOL, atol=1e-4)
+
+
+EXPAND_NET = """name: "expand"
+layer {{ name: "data" type: "Input" top: "data"
+        input_param {{ shape {{ dim: 2 dim: 4 dim: {size} dim: {size} }} }} }}
+layer {{ name: "expand" type: "Convolution" bottom: "data" top: "expand"
+        convolution_param {{ num_output: 16 kernel_size: 1 bias_term: false }} }}
+layer {{ name: "expand/bn" type: "BatchNorm" bottom: "expand" top: "expand"
+        batch_norm_param {{ use_global_stats: true }} }}
+layer {{ name: "expand/scale" type: "Scale" bottom: "expand" top: "expand"
+        scale_param {{ bias_term: true }} }}
+layer {{ name: "expand/relu" type: "ReLU" bottom: "expand" top: "expand" }}
+layer {{ name: "dwise" type: "Convolution" bottom: "expand" top: "dwise"
+        convolution_param {{ num_output: 16 group: 16 kernel_size: 3 pad: 1 stride: {stride}
+                             bias_term: false }} }}
+layer {{ name: "dwise/bn" type: "BatchNorm" bottom: "dwise" top: "dwise"
+        batch_norm_param {{ use_global_stats: true }} }}
+layer {{ name: "dwise/scale" type: "Scale" bottom: "dwise" top: "dwise"
+        scale_param {{ bias_term: true }} }}
+layer {{ name: "dwise/relu" type: "ReLU" bottom: "dwise" top: "dwise" }}
+layer {{ name: "linear" type: "Convolution" bottom: "dwise" top: "linear"
+        convolution_param {{ num_output: 4 kernel_size: 1 }} }}
+{extra}"""
+
+_PAIRED = "1 1x1 convolutions run with the depthwise one after them"
+
+
+@pytest.mark.parametrize("size,stride,extra,keep,paired", [
+    (12, 1, "", [], True),
+    (28, 2, "", [], True),
+    (14, 2, "", [], False),         # strided on a small plane: two steps measured faster
+    (12, 1, "", ["expand"], False),  # the caller reads the 1x1's output
+    # a second reader of the 1x1's output
+    (12, 1, 'layer { name: "other" type: "Convolution" bottom: "expand" top: "other" '
+            'convolution_param { num_output: 2 kernel_size: 1 } }', [], False),
+])
+def test_expansion_and_depthwise_run_as_one_step(tmp_path, size, stride, extra, keep, paired):
+    """MobileNet v2's expand + dwise pair (each with BatchNorm, Scale, ReLU)
+    runs as one step where it is the 1x1's only reader and nobody asks for
+    the 1x1's output; the results equal the unfused net's either way."""
+    from netdef.kernels import gemm
+    from netdef.kernels import compiled_signatures
+    from netdef.net import Net
+    from netdef.testing import randomize_weights
+
+    path = tmp_path / "net.prototxt"
+    path.write_text(EXPAND_NET.format(size=size, stride=stride, extra=extra))
+    plain = Net(str(path), optimize=False)
+    randomize_weights(plain, seed=8)
+    weights = str(tmp_path / "w.caffemodel")
+    plain.save(weights)
+    x = rand(2, 4, size, size, seed=23)
+    outputs = ["linear"] + (["other"] if extra else []) + keep
+    expected = {k: v.copy() for k, v in plain.forward(blobs=outputs, data=x).items()}
+    net = Net(str(path), weights=weights, optimize=True, keep=keep)
+    got = net.forward(blobs=outputs, data=x)
+    for name in outputs:
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-4, atol=1e-4)
+    log = " ".join(net.plan_log)
+    assert (_PAIRED in log) == (paired and gemm.available()), log
+    if paired and gemm.available():
+        assert len(compiled_signatures()["depthwise.pointwise_depthwise"]) == 1

@@ -77,6 +77,7 @@ ALL_KERNELS: list[tuple[str, str]] = [
     ("softmax", "softmax_backward"),
     ("detection", "nms_keep"),
     ("depthwise", "depthwise_forward"),
+    ("depthwise", "pointwise_depthwise"),
     ("depthwise", "depthwise_backward_data"),
     ("depthwise", "depthwise_backward_weights"),
     ("winograd", "winograd_input"),
@@ -89,6 +90,7 @@ ALL_KERNELS: list[tuple[str, str]] = [
 # the kernels that call numpy's OpenBLAS (kernels.gemm): compiled only where it can be called
 NEEDS_BLAS = frozenset({("gemm", "products"), ("gemm", "vector_products"),
                         ("im2col", "conv_bands"), ("im2col", "pointwise_bands"),
+                        ("depthwise", "pointwise_depthwise"),
                         ("winograd", "winograd_conv")})
 
 

@@ -153,6 +153,10 @@ _ARGS[("winograd", "winograd_conv")] = _with_blas(lambda: (
 # a 1x1 convolution of two 16-position planes into two, one block
 _ARGS[("im2col", "pointwise_bands")] = _with_blas(lambda: (
     _f(1, 2, 16), _f(2, 2), _f(2), 1, np.float32(0.0), 2, 16, _f(1, 2, 16)))
+# that 1x1 convolution on a 4x4 plane, then a 3x3 depthwise one, one band
+_ARGS[("depthwise", "pointwise_depthwise")] = _with_blas(lambda: (
+    _f(1, 2, 4, 4), _f(2, 2), _f(2), 1, np.float32(0.0), _f(2, 3, 3), _f(2), 3, 3,
+    1, 1, 1, 1, 1, 1, 1, np.float32(0.0), 8, _f(1, 2, 4, 4)))
 
 
 _ARGS[("gemm", "products")] = lambda: _gemm_args(False)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from netdef.kernels._jit import helper, parallel_kernel, prange
+from netdef.kernels.gemm import _NO_TRANS, _ROW_MAJOR, _sgemm, _threads_local
 # [lo, hi) of the output positions whose tap lands inside the image: im2col's
 from netdef.kernels.im2col import _valid_range as _span
 
@@ -362,6 +363,56 @@ def depthwise_forward(x, w, bias, kh, kw, ph, pw, sh, sw, dh, dw, relu, slope, y
     for t in prange(chunks):
         _forward_planes(x, w, bias, t * size, min(planes, (t + 1) * size),
                         kh, kw, ph, pw, sh, sw, dh, dw, relu, slope, y)
+
+
+@parallel_kernel
+def pointwise_depthwise(x, we, be, relu1, slope1, wd, bd, kh, kw, ph, pw, sh, sw, dh, dw,
+                        relu2, slope2, band, y):
+    """A 1x1 convolution and the depthwise convolution that reads its output,
+    in one pass: h = act1(we (E, C) @ x[n] (C, H*W) + be), then y (N, E, OH,
+    OW) = act2(depthwise(h) with wd (E, kh, kw) + bd), act being ``relu``
+    (int) / ``slope`` (float32) as in ``depthwise_forward``. MobileNet v2's
+    expand + depthwise pairs.
+
+    One task per (image, band of ``band`` channels): a single-threaded
+    SGEMM makes that band's planes of h in a buffer of the task's own,
+    the bias and activation pass over it, and the depthwise taps read it
+    while it is still in the core's cache. Run as two layers, h (up to
+    144x56x56 floats) went out to memory and came back, and the threads
+    split it differently, so half of each read came from the other core.
+
+    x, y C-contiguous; the depthwise channel multiplier is 1 (wd has E
+    filters). Needs the BLAS of kernels.gemm (``gemm.available()``)."""
+    n_img, chans, height, width = x.shape
+    plane = height * width
+    e_all = we.shape[0]
+    bands = -(-e_all // band)
+    we_addr, x_addr = we.ctypes.data, x.ctypes.data
+    for t in prange(n_img * bands):
+        n, m0 = t // bands, (t % bands) * band
+        m1 = min(e_all, m0 + band)
+        h = np.empty((1, m1 - m0, height, width), np.float32)
+        before = _threads_local(1)
+        _sgemm(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, m1 - m0, plane, chans, np.float32(1.0),
+               we_addr + m0 * chans * 4, chans, x_addr + n * chans * plane * 4, plane,
+               np.float32(0.0), h.ctypes.data, plane)
+        _threads_local(before)
+        hf = h.reshape(h.size)
+        size = np.uint64(plane)
+        for m in range(m1 - m0):
+            b = be[m0 + m]
+            start = np.uint64(m) * size
+            if relu1 != 0:
+                for q in range(size):
+                    v = hf[start + q] + b
+                    hf[start + q] = (_ZERO if v < _ZERO else v) + slope1 * (_ZERO if _ZERO < v else v)
+            else:
+                for q in range(size):
+                    hf[start + q] += b
+        # this band's output channels: a C-contiguous block of y
+        out = y[n, m0:m1]
+        _forward_planes(h, wd[m0:m1], bd[m0:m1], 0, m1 - m0, kh, kw, ph, pw, sh, sw, dh, dw,
+                        relu2, slope2, out.reshape((1,) + out.shape))
 
 
 @helper

@@ -43,6 +43,47 @@ def forward(layer, bottoms, tops, relu_slope: float | None = None) -> None:
                           float(relu_slope or 0.0), top.data.reshape(layer.num, m, oh, ow))
 
 
+# The expansion's channel bands in forward_after_pointwise hold about this
+# many floats (128 KiB): the band's planes stay in the core's L2 cache from
+# the SGEMM that writes them to the depthwise taps that read them
+_PAIR_BAND_FLOATS = 1 << 15
+
+
+def pair_band(pointwise, threads: int) -> int:
+    """Channels per task of ``forward_after_pointwise`` for a 1x1 layer
+    ``pointwise`` (after reshape): a multiple of 8 from 8 to 64 with about
+    _PAIR_BAND_FLOATS floats per band, fewer when that leaves under two
+    tasks per thread."""
+    h, w = pointwise.in_hw
+    band = max(8, min(64, _PAIR_BAND_FLOATS // (h * w) // 8 * 8))
+    while band > 8 and pointwise.num * -(-pointwise.num_output // band) < 2 * threads:
+        band -= 8
+    return band
+
+
+def forward_after_pointwise(pointwise, slope1, layer, slope2, band, bottom, top) -> None:
+    """top = ``layer`` (depthwise, channel multiplier 1) applied to the output
+    of the 1x1, stride-1 convolution ``pointwise`` of ``bottom``, each with
+    its bias and an optional ReLU of negative slope ``slope1`` / ``slope2``
+    (None: no ReLU), without materialising the 1x1's output
+    (kernels.depthwise.pointwise_depthwise, ``band`` channels per task)."""
+    from netdef.kernels.depthwise import pointwise_depthwise
+
+    win, m = layer.win, layer.num_output
+    (h, wd), (oh, ow) = pointwise.in_hw, layer.out_hw
+    x = np.ascontiguousarray(bottom.data).reshape(pointwise.num, pointwise.channels, h, wd)
+    we = pointwise.blobs[0].data.reshape(m, pointwise.channels)
+    wdw = np.ascontiguousarray(layer.blobs[0].data).reshape(m, win.kh, win.kw)
+    y = top.data.reshape(layer.num, m, oh, ow)
+    out = y if y.flags.c_contiguous else np.empty(y.shape, np.float32)
+    pointwise_depthwise(x, we, pointwise.blobs[1].data, int(slope1 is not None),
+                        np.float32(slope1 or 0.0), wdw, layer.blobs[1].data.reshape(m),
+                        *win.args(), int(slope2 is not None), np.float32(slope2 or 0.0),
+                        band, out)
+    if out is not y:
+        y[...] = out
+
+
 def backward(layer, tops, propagate_down, bottoms) -> None:
     """Caffe's convolution gradients for the depthwise case: bias diff +=
     dY summed, weight diff += per-tap correlations of dY with x, bottom
