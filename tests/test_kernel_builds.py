@@ -132,3 +132,106 @@ def test_the_pool_is_bound_and_the_caller_keeps_its_cpus(user):
         assert (bind, ours) == ("None", "False")
     elif POOL_GEMM:
         assert (bind, ours) == ("spread", "True")
+
+
+PLACE_CHECK = """
+import os, netdef
+import numpy as np
+from netdef.kernels import _jit
+from netdef.net import Net
+caller = os.sched_getaffinity(0)
+_jit._start_pool()
+seen = {}
+
+class Probe:
+    def setup(self, bottom, top): pass
+    def reshape(self, bottom, top): top[0].reshape(*bottom[0].data.shape)
+    def forward(self, bottom, top):
+        seen["python layer"] = os.sched_getaffinity(0)
+        top[0].data[...] = bottom[0].data
+
+import sys, types
+sys.modules["probe_module"] = types.SimpleNamespace(Probe=Probe)
+proto = os.environ["NET"]
+net = Net(proto)
+relu = next(layer for layer in net.layers if layer.name == "relu")
+original = relu.forward
+def spy(bottoms, tops):
+    seen["native step"] = os.sched_getaffinity(0)
+    original(bottoms, tops)
+relu.forward = spy
+net.forward(data=np.ones((1, 2), np.float32))
+master = _jit._MASTER_CPUS
+print(master is not None and master < caller,
+      seen["native step"] == (master or caller), seen["python layer"] == caller,
+      os.sched_getaffinity(0) == caller)
+"""
+
+PLACE_NET = """layer { name: "data" type: "Input" top: "data"
+        input_param { shape { dim: 1 dim: 2 } } }
+layer { name: "probe" type: "Python" bottom: "data" top: "probe"
+        python_param { module: "probe_module" layer: "Probe" } }
+layer { name: "relu" type: "ReLU" bottom: "probe" top: "out" }
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="Linux's CPU affinity calls")
+def test_a_net_runs_on_the_callers_openmp_place(tmp_path):
+    """While a net runs, its thread stays on the CPUs GNU OpenMP bound it to
+    (the workers have the others); a Python layer's code runs on all the
+    caller's CPUs, and the caller has them all again afterwards."""
+    import subprocess
+    import sys
+
+    from netdef.kernels._jit import POOL_GEMM
+
+    if len(os.sched_getaffinity(0)) < 2 or not POOL_GEMM:
+        pytest.skip("netdef binds the pool only with two CPUs or more and the pooled BLAS")
+    net = tmp_path / "net.prototxt"
+    net.write_text(PLACE_NET)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OMP_PROC_BIND", "OMP_PLACES", "GOMP_CPU_AFFINITY",
+                        "NETDEF_SET_OMP_PROC_BIND", "NUMBA_NUM_THREADS")}
+    env["NET"] = str(net)
+    done = subprocess.run([sys.executable, "-c", PLACE_CHECK], capture_output=True, text=True,
+                          env=env, check=True)
+    assert done.stdout.split() == ["True"] * 4, done.stdout + done.stderr
+
+
+def test_on_cpus_without_a_place_changes_nothing(monkeypatch):
+    from netdef.kernels import _jit
+
+    monkeypatch.setattr(_jit, "_MASTER_CPUS", None)
+    before = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    with _jit.master_place() as placed, _jit.caller_place():
+        assert placed.saved is None
+        if before is not None:
+            assert os.sched_getaffinity(0) == before
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="Linux's CPU affinity calls")
+def test_prefetch_thread_gets_the_callers_cpus(monkeypatch):
+    """A prefetch thread started inside a forward pass (on the OpenMP place)
+    runs on every CPU the caller had."""
+    import netdef
+    from netdef.data.prefetch import Prefetcher
+    from netdef.kernels import _jit
+
+    cpus = os.sched_getaffinity(0)
+    if len(cpus) < 2:
+        pytest.skip("one CPU: there is no smaller place")
+    monkeypatch.setattr(netdef, "_CALLER_CPUS", cpus)
+    monkeypatch.setattr(_jit, "_MASTER_CPUS", {min(cpus)})
+
+    def make():
+        while True:
+            yield os.sched_getaffinity(0)
+
+    with _jit.master_place():
+        assert os.sched_getaffinity(0) == {min(cpus)}
+        stream = Prefetcher(make, 1, name="probe")
+        try:
+            assert next(stream) == cpus
+        finally:
+            stream.close()
+    assert os.sched_getaffinity(0) == cpus

@@ -35,22 +35,25 @@ class Plan:
 
     def run(self, start: int = 0, end: int | None = None, timings: dict | None = None) -> None:
         """Forward steps[start:end+1]. With ``timings``, accumulate seconds per step name."""
+        from netdef.kernels._jit import master_place
+
         stop = len(self.steps) if end is None else end + 1
         idle = self.idle
-        if timings is None:
+        with master_place():
+            if timings is None:
+                for i in range(start, stop):
+                    if i not in idle:
+                        step = self.steps[i]
+                        step.layer.forward(step.bottoms, step.tops)
+                return
+            clock = time.perf_counter
             for i in range(start, stop):
-                if i not in idle:
-                    step = self.steps[i]
-                    step.layer.forward(step.bottoms, step.tops)
-            return
-        clock = time.perf_counter
-        for i in range(start, stop):
-            if i in idle:
-                continue
-            step = self.steps[i]
-            t0 = clock()
-            step.layer.forward(step.bottoms, step.tops)
-            timings[step.name] = timings.get(step.name, 0.0) + clock() - t0
+                if i in idle:
+                    continue
+                step = self.steps[i]
+                t0 = clock()
+                step.layer.forward(step.bottoms, step.tops)
+                timings[step.name] = timings.get(step.name, 0.0) + clock() - t0
 
 
     def run_backward(self, start: int | None = None, end: int = 0,
@@ -59,22 +62,25 @@ class Plan:
         that need no backward. ``seed_losses`` first sets every loss top's
         diff to its loss weight (Caffe's convention; the loss layers scale
         their gradients by it)."""
+        from netdef.kernels._jit import master_place
+
         first = len(self.steps) - 1 if start is None else start
         if seed_losses:
             self.seed_losses(first, end)
         clock = time.perf_counter
-        for i in range(first, end - 1, -1):
-            step = self.steps[i]
-            if not step.need_backward:
-                continue
-            for blob in self.zero_diffs.get(i, ()):
-                blob.diff[...] = 0.0
-            if timings is None:
+        with master_place():
+            for i in range(first, end - 1, -1):
+                step = self.steps[i]
+                if not step.need_backward:
+                    continue
+                for blob in self.zero_diffs.get(i, ()):
+                    blob.diff[...] = 0.0
+                if timings is None:
+                    step.layer.backward(step.tops, step.propagate_down, step.bottoms)
+                    continue
+                t0 = clock()
                 step.layer.backward(step.tops, step.propagate_down, step.bottoms)
-                continue
-            t0 = clock()
-            step.layer.backward(step.tops, step.propagate_down, step.bottoms)
-            timings[step.name] = timings.get(step.name, 0.0) + clock() - t0
+                timings[step.name] = timings.get(step.name, 0.0) + clock() - t0
 
     def seed_losses(self, start: int | None = None, end: int = 0) -> None:
         """Fill each loss top's diff with its loss weight (steps end..start)."""

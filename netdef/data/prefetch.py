@@ -14,6 +14,7 @@ prefetcher when it is garbage collected.
 """
 from __future__ import annotations
 
+import os
 import queue
 import threading
 
@@ -116,6 +117,15 @@ def _put(q: queue.Queue, stop: threading.Event, item) -> bool:
 
 
 def _produce(make, q: queue.Queue, stop: threading.Event) -> None:
+    from netdef import _CALLER_CPUS
+
+    if _CALLER_CPUS is not None:
+        # started during a forward pass, the thread inherited the caller's
+        # OpenMP place (kernels._jit.master_place): it gets every CPU back
+        try:
+            os.sched_setaffinity(0, _CALLER_CPUS)
+        except OSError:
+            pass
     try:
         it = iter(make())
         while not stop.is_set():

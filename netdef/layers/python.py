@@ -318,8 +318,11 @@ class Python(Layer):
             raise self.config_error(f"class {p.module}.{p.layer} has no {method} method",
                                     hint="a Python layer defines setup, reshape, forward "
                                          "and backward")
+        from netdef.kernels._jit import caller_place
+
         try:
-            fn(*args)
+            with caller_place():    # threads the user's code starts get every CPU
+                fn(*args)
         except (NetdefError, UnknownShape):
             raise
         except Exception as err:   # name the layer in user-code failures
