@@ -9,6 +9,11 @@ and Scale layers, W' = a W and b' = a bias + b. The user's parameters are
 untouched: the folded copies live in the plan, which is rebuilt whenever
 weights are loaded (``Net.copy_from``) or ``Net.reshape`` is called.
 
+The same pass merges a few steps that read each other's output while it
+is in cache: sums into the affine chain after them, Winograd layers of one
+bottom into one input transform, and a 1x1 expansion into the depthwise
+convolution that reads it (PointwiseDepthwise).
+
 Only plans for TEST-phase nets fuse (training needs BatchNorm's batch
 statistics), and never across a blob the caller wants to read. Set
 NETDEF_NO_FUSE=1 to switch fusion off when bisecting a numerical difference.

@@ -28,7 +28,8 @@ import numpy as np
 
 from netdef.kernels._jit import helper, parallel_kernel, prange
 from netdef.kernels.gemm import _NO_TRANS, _ROW_MAJOR, _sgemm, _threads_local
-# [lo, hi) of the output positions whose tap lands inside the image: im2col's
+# _span: [lo, hi) of the output positions whose tap lands inside the image (im2col's)
+from netdef.kernels.im2col import _add_bias_act
 from netdef.kernels.im2col import _valid_range as _span
 
 _ZERO = np.float32(0)       # keeps the fused ReLU's selects in float32
@@ -400,15 +401,7 @@ def pointwise_depthwise(x, we, be, relu1, slope1, wd, bd, kh, kw, ph, pw, sh, sw
         hf = h.reshape(h.size)
         size = np.uint64(plane)
         for m in range(m1 - m0):
-            b = be[m0 + m]
-            start = np.uint64(m) * size
-            if relu1 != 0:
-                for q in range(size):
-                    v = hf[start + q] + b
-                    hf[start + q] = (_ZERO if v < _ZERO else v) + slope1 * (_ZERO if _ZERO < v else v)
-            else:
-                for q in range(size):
-                    hf[start + q] += b
+            _add_bias_act(hf, np.uint64(m) * size, size, be[m0 + m], relu1, slope1)
         # this band's output channels: a C-contiguous block of y
         out = y[n, m0:m1]
         _forward_planes(h, wd[m0:m1], bd[m0:m1], 0, m1 - m0, kh, kw, ph, pw, sh, sw, dh, dw,

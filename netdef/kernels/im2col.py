@@ -257,6 +257,20 @@ def conv_bands(x, w, bias, relu, slope, kh, kw, ph, pw, sh, sw, dh, dw, group, b
                     seg[q] += b
 
 
+@helper
+def _add_bias_act(flat, start, count, b, relu, slope):
+    """flat[start : start + count] += b, then, if ``relu`` is not 0, Caffe's
+    max(v, 0) + slope * min(v, 0) (NaN stays NaN). ``start`` and ``count``
+    unsigned, so that the loops vectorise."""
+    if relu != 0:
+        for q in range(count):
+            v = flat[start + q] + b
+            flat[start + q] = (_ZERO if v < _ZERO else v) + slope * (_ZERO if _ZERO < v else v)
+    else:
+        for q in range(count):
+            flat[start + q] += b
+
+
 @parallel_kernel
 def pointwise_bands(x, w, bias, relu, slope, rows, cols, y):
     """y (N, M, P) = w (M, C) @ x[n] (C, P) + bias (M,) per image, then, if
@@ -288,12 +302,5 @@ def pointwise_bands(x, w, bias, relu, slope, rows, cols, y):
         _threads_local(before)
         width = np.uint64(c1 - c0)
         for m in range(m0, m1):
-            b = bias[m]
-            start = np.uint64((n * m_all + m) * plane + c0)
-            if relu != 0:       # Caffe's std::max(v, 0) + slope * std::min(v, 0): NaN stays NaN
-                for q in range(width):
-                    v = yf[start + q] + b
-                    yf[start + q] = (_ZERO if v < _ZERO else v) + slope * (_ZERO if _ZERO < v else v)
-            else:
-                for q in range(width):
-                    yf[start + q] += b
+            _add_bias_act(yf, np.uint64((n * m_all + m) * plane + c0), width, bias[m], relu,
+                          slope)

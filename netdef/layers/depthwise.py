@@ -13,7 +13,10 @@ instead. They serve two callers:
 Both read ``convolution_param`` and keep Convolution's weight layout,
 (C*k, 1, kh, kw) for a channel multiplier k, so their caffemodels load.
 The functions take the layer as an argument (rather than keeping it) so
-that the fusion pass's folded copy of a layer runs with its own weights.
+that the fusion pass's folded copy of a layer runs with its own weights;
+``forward_after_pointwise`` runs such a copy on the output of the 1x1
+convolution before it without storing that output (compile/fuse.py's
+PointwiseDepthwise).
 """
 from __future__ import annotations
 
