@@ -184,6 +184,25 @@ def test_few_input_channels_stay_on_im2col():
 
 
 
+WIDE = """
+name: "wide"
+input: "data" input_shape { dim: %d dim: 192 dim: 7 dim: 7 }
+layer { name: "c" type: "Convolution" bottom: "data" top: "c"
+  convolution_param { num_output: %d kernel_size: 3 pad: 1 } }
+"""
+
+
+@pytest.mark.parametrize("batch,outputs,expected", [
+    (1, 192, False),    # 4 tiles, U of 1.3M values: reading U would dominate
+    (2, 192, True),     # 8 tiles
+    (1, 128, True),     # 4 tiles, U of 0.9M values
+])
+def test_large_layers_on_maps_of_few_tiles_stay_on_im2col(batch, outputs, expected):
+    net = Net(WIDE % (batch, outputs), phase="TEST", optimize=False)
+    layer = next(s.layer for s in net._inst.steps if s.name == "c")
+    assert winograd.eligible(layer) is expected
+
+
 HEADS = """
 name: "heads"
 input: "data" input_shape { dim: 2 dim: 16 dim: 10 dim: 9 }

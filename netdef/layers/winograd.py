@@ -42,6 +42,16 @@ def _tiles(layer) -> tuple[int, int]:
     return -(-oh // 4), -(-ow // 4)
 
 
+# Winograd's transformed weights are 4x im2col's (36 against 9 values per
+# channel pair), read once per call: on maps of a few tiles (7x7 is four)
+# the GEMMs are bound by reading them, so larger layers keep im2col there.
+# Two nets in one process, alternating: ResNet-50 (res5's 512x512 on 7x7)
+# 0.835 of the time, GoogLeNet (inception_5a/5b) 0.956; the face detector's
+# small SSD layers (U up to 1M values) keep Winograd (without it: 1.019).
+_FEW_TILES = 5
+_FEW_TILES_MAX_U = 1 << 20
+
+
 def eligible(layer) -> bool:
     win = layer.win
     if (win.kh, win.kw, win.sh, win.sw, win.dh, win.dw) != (3, 3, 1, 1, 1, 1):
@@ -51,6 +61,9 @@ def eligible(layer) -> bool:
     if layer.channels // layer.group < MIN_CHANNELS:
         return False
     th, tw = _tiles(layer)
+    if (th * tw * layer.num < _FEW_TILES
+            and 36 * (layer.channels // layer.group) * layer.num_output > _FEW_TILES_MAX_U):
+        return False
     return 36 * max(layer.channels, layer.num_output) * th * tw <= _BLOCK_FLOATS
 
 
