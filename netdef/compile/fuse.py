@@ -406,9 +406,8 @@ class PointwiseDepthwise:
 # large for the cache (96x112x112: 0.55 -> 0.70 ms), and without the
 # expansion the 1x1's SGEMM dominates and loses more in narrow bands than
 # the pair saves (MobileNet v1's 128 -> 128 on 56x56 with stride 2: 0.72 -> 1.00).
-# A strided depthwise layer on a small plane ran no faster on two threads
-# than on one inside the pair (v2's 576x14x14 with stride 2: 0.34 ms against
-# 0.17 as two steps; not understood), so strided pairs start at 28x28.
+# With a stride, pairs start at 28x28: v2's 576x14x14 stride-2 pair measured
+# even with two steps alone (0.16 ms) and 1.6-2.1% slower in the net.
 _PAIR_MAX_PLANE = 64 * 64
 _PAIR_MIN_STRIDED_PLANE = 28 * 28
 _PAIR_MIN_EXPANSION = 4

@@ -366,7 +366,7 @@ def depthwise_forward(x, w, bias, kh, kw, ph, pw, sh, sw, dh, dw, relu, slope, y
                         kh, kw, ph, pw, sh, sw, dh, dw, relu, slope, y)
 
 
-@parallel_kernel
+@parallel_kernel(work_per_element=4)
 def pointwise_depthwise(x, we, be, relu1, slope1, wd, bd, kh, kw, ph, pw, sh, sw, dh, dw,
                         relu2, slope2, band, y):
     """A 1x1 convolution and the depthwise convolution that reads its output,
