@@ -379,8 +379,7 @@ def pointwise_depthwise(x, we, be, relu1, slope1, wd, bd, kh, kw, ph, pw, sh, sw
     SGEMM makes that band's planes of h in a buffer of the task's own,
     the bias and activation pass over it, and the depthwise taps read it
     while it is still in the core's cache. Run as two layers, h (up to
-    144x56x56 floats) went out to memory and came back, and the threads
-    split it differently, so half of each read came from the other core.
+    144x56x56 floats) was written out whole and read back.
 
     x, y C-contiguous; the depthwise channel multiplier is 1 (wd has E
     filters). Needs the BLAS of kernels.gemm (``gemm.available()``)."""

@@ -46,8 +46,9 @@ def _tiles(layer) -> tuple[int, int]:
 # channel pair), read once per call: on maps of a few tiles (7x7 is four)
 # the GEMMs are bound by reading them, so larger layers keep im2col there.
 # Two nets in one process, alternating: ResNet-50 (res5's 512x512 on 7x7)
-# 0.835 of the time, GoogLeNet (inception_5a/5b) 0.956; the face detector's
-# small SSD layers (U up to 1M values) keep Winograd (without it: 1.019).
+# 0.835 of the time, GoogLeNet (inception_5a/5b) 0.956. The face detector's
+# small SSD layers (U up to 1M values) keep Winograd: taking every layer on
+# so few tiles off it measured 1.019 there.
 _FEW_TILES = 5
 _FEW_TILES_MAX_U = 1 << 20
 
