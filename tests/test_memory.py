@@ -124,3 +124,90 @@ def test_a_split_input_net_reads_each_fed_array_and_copies_nothing():
         k, split = next((k, s) for k, s in enumerate(plan.steps) if s.layer.type == "Split")
         assert all(np.shares_memory(t.data, x) for t in split.tops)
         assert k in plan.idle                  # the step is not even called
+
+
+# -------------------------------------------- Concat bottoms in their top ----
+CONCAT_NET = """name: "inception"
+layer {{ name: "data" type: "Input" top: "data"
+        input_param {{ shape {{ dim: {n} dim: 3 dim: 6 dim: 5 }} }} }}
+layer {{ name: "a" type: "Convolution" bottom: "data" top: "a"
+        convolution_param {{ num_output: 4 kernel_size: 1 }} }}
+layer {{ name: "relu_a" type: "ReLU" bottom: "a" top: "a" }}
+layer {{ name: "b" type: "Convolution" bottom: "data" top: "b"
+        convolution_param {{ num_output: 2 kernel_size: 3 pad: 1 }} }}
+layer {{ name: "pool" type: "Pooling" bottom: "data" top: "pool"
+        pooling_param {{ pool: MAX kernel_size: 3 stride: 1 pad: 1 }} }}
+layer {{ name: "join" type: "Concat" bottom: "a" bottom: "b" bottom: "{third}" top: "join" }}
+layer {{ name: "after" type: "Convolution" bottom: "join" top: "after"
+        convolution_param {{ num_output: 3 kernel_size: 1 }} }}
+{extra}"""
+
+
+def _concat_nets(tmp_path, n=1, third="pool", extra="", **kw):
+    from netdef.net import Net
+    from netdef.testing import randomize_weights
+
+    path = tmp_path / "net.prototxt"
+    path.write_text(CONCAT_NET.format(n=n, third=third, extra=extra))
+    plain = Net(str(path), optimize=False, **kw)
+    randomize_weights(plain, seed=2)
+    weights = str(tmp_path / "w.caffemodel")
+    plain.save(weights)
+    return plain, Net(str(path), weights=weights, optimize=True, **kw)
+
+
+def _joined(net) -> bool:
+    return any("Concats written in their tops" in line for line in net.plan_log)
+
+
+def test_concat_bottoms_are_written_in_their_top(tmp_path, monkeypatch):
+    """With one image, each bottom of a Concat is its part of the top: the
+    layers before it write the top and the Concat copies nothing; the
+    results equal those of a plan that gives every blob its own memory."""
+    plain, fast = _concat_nets(tmp_path, keep=["join"])
+    x = np.random.default_rng(5).standard_normal((1, 3, 6, 5)).astype(np.float32)
+    monkeypatch.setenv("NETDEF_NO_MEMORY_PLAN", "1")
+    want = {k: v.copy() for k, v in plain.forward(blobs=["join", "after"], data=x).items()}
+    monkeypatch.delenv("NETDEF_NO_MEMORY_PLAN")
+    got = fast.forward(blobs=["join", "after"], data=x)
+    assert _joined(fast)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5)
+    top = fast.blobs["join"].data
+    first = 0
+    for name in ("a", "b", "pool"):
+        part = fast.blobs[name].data
+        assert np.shares_memory(part, top)
+        np.testing.assert_array_equal(part, top[:, first:first + part.shape[1]])
+        first += part.shape[1]
+    # nobody keeps the Concat's top: its memory is reused after its last reader
+    _, lean = _concat_nets(tmp_path)
+    assert _joined(lean)
+    np.testing.assert_allclose(lean.forward(data=x)["after"], want["after"], rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_concat_bottoms_keep_their_own_memory_where_they_must(tmp_path):
+    """Two images (each part of the top is strided), a bottom that another
+    layer also reads, and a net input as a bottom: the Concat copies, and
+    the results are the same."""
+    read_twice = ('layer { name: "other" type: "Convolution" bottom: "b" top: "other" '
+                  'convolution_param { num_output: 1 kernel_size: 1 } }')
+    for n, third, extra in ((2, "pool", ""), (1, "pool", read_twice), (1, "data", "")):
+        plain, fast = _concat_nets(tmp_path, n=n, third=third, extra=extra, keep=["join"])
+        x = np.random.default_rng(6).standard_normal((n, 3, 6, 5)).astype(np.float32)
+        want = plain.forward(blobs=["join", "after"], data=x)
+        want = {k: v.copy() for k, v in want.items()}
+        got = fast.forward(blobs=["join", "after"], data=x)
+        assert not _joined(fast), (n, third, extra)
+        for name in want:
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5)
+        assert not np.shares_memory(fast.blobs["b"].data, fast.blobs["join"].data)
+
+
+def test_training_plans_keep_concat_copies(tmp_path):
+    plain, _ = _concat_nets(tmp_path, force_backward=True)
+    x = np.random.default_rng(7).standard_normal((1, 3, 6, 5)).astype(np.float32)
+    plain.forward(data=x)
+    plain.backward()
+    assert not _joined(plain)

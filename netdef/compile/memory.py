@@ -8,6 +8,8 @@ whose lifetime overlaps. In-place tops are the same Blob as their bottom;
 tops of ``shares_data`` layers (Split, Flatten, Reshape) are views of their
 bottom's buffer and extend its lifetime; over a net input (which keeps its
 own storage) they follow the input blob (``Blob.follow``) and need none.
+In plans that only run forward, the bottoms of a Concat of one image are
+parts of its top's buffer (``_join_in_place``).
 
 Set NETDEF_NO_MEMORY_PLAN=1 to give every buffer its own memory (for
 bisecting numerical differences).
@@ -42,6 +44,9 @@ class Buffer:
     end: int                  # step index of the last read (FOREVER: kept)
     offset: int = -1
     diff: bool = False        # holds the blobs' diffs, not their data
+    # id(blob) -> its first element within the buffer, for the bottoms of
+    # a Concat that are written in place in its top (others start at 0)
+    parts: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -49,9 +54,9 @@ class MemoryPlan:
     buffers: list[Buffer]
     arena_size: int                    # elements
     naive_size: int                    # elements without reuse
-    views: dict[int, tuple[int, tuple]] = field(default_factory=dict)  # id(blob) -> (offset, shape)
     follows: list[tuple[Blob, Blob]] = field(default_factory=list)     # (top, the input it follows)
     aliased: set[int] = field(default_factory=set)   # ids of shares_data tops that are their bottom's memory
+    joined: set[int] = field(default_factory=set)    # indices of Concat steps whose bottoms are their top
     log: list[str] = field(default_factory=list)
 
     def bind(self, arena: np.ndarray | None = None) -> np.ndarray:
@@ -72,7 +77,8 @@ class MemoryPlan:
         for buf in self.buffers:
             view = arena[buf.offset:buf.offset + buf.size]
             for blob in buf.blobs:
-                part = view[:blob.count].reshape(blob.shape)
+                first = buf.parts.get(id(blob), 0)
+                part = view[first:first + blob.count].reshape(blob.shape)
                 if buf.diff:
                     blob.bind(diff=part)
                 else:
@@ -103,6 +109,11 @@ def plan_memory(steps, external: set[int], keep: set[int], reuse: bool = True,
         reuse = False
     owner: dict[int, Buffer] = {}
     buffers: list[Buffer] = []
+    joined: set[int] = set()
+    readers: dict[int, int] = {}
+    for step in steps:
+        for b in step.bottoms:
+            readers[id(b)] = readers.get(id(b), 0) + 1
     follows: list[tuple[Blob, Blob]] = []
     aliased: set[int] = set()
     outside = set(external)          # storage of its own: inputs, and the tops following them
@@ -129,6 +140,8 @@ def plan_memory(steps, external: set[int], keep: set[int], reuse: bool = True,
             buf = Buffer([top], top.count, i, i)
             buffers.append(buf)
             owner[id(top)] = buf
+        if reuse and not backward and _join_in_place(step, owner, buffers, readers):
+            joined.add(i)
     if backward and reuse:
         buffers += _extend_into_backward(steps, owner, external, keep)
     for buf in buffers:
@@ -137,13 +150,51 @@ def plan_memory(steps, external: set[int], keep: set[int], reuse: bool = True,
             buf.end = FOREVER
     naive = sum(_round(b.size) for b in buffers)
     arena = _place(buffers) if reuse else _place_disjoint(buffers)
-    plan = MemoryPlan(buffers, arena, naive, follows=follows, aliased=aliased)
+    plan = MemoryPlan(buffers, arena, naive, follows=follows, aliased=aliased, joined=joined)
     mib = 4 / 2**20
     grads = sum(buf.diff for buf in buffers)
     kinds = f"{len(buffers) - grads} activation" + (f" and {grads} gradient" if grads else "")
     plan.log.append(f"memory: {kinds} buffers, {naive * mib:.1f} MiB -> "
-                    f"{arena * mib:.1f} MiB" + ("" if reuse else " (reuse off)"))
+                    f"{arena * mib:.1f} MiB" + ("" if reuse else " (reuse off)")
+                    + (f", the bottoms of {len(joined)} Concats written in their tops" if joined else ""))
     return plan
+
+
+def _join_in_place(step, owner: dict, buffers: list, readers: dict) -> bool:
+    """For a Concat whose parts of the top are contiguous (nothing but
+    dimensions of 1 before its axis: one image, for channels) and whose
+    bottoms each have a buffer of their own that only this Concat reads,
+    place every bottom in the top's buffer at its part, so that the layers
+    writing the bottoms write the top and the Concat copies nothing.
+    GoogLeNet's nine concatenations copied 0.5 ms per forward pass; two
+    nets in one process, alternating, with and without: GoogLeNet 0.96-0.97
+    of the time, SqueezeNet 0.96-0.98. Inference plans only (a plan that
+    runs backward keeps the copies). Returns whether it did."""
+    if getattr(step.layer, "type", None) != "Concat" or len(step.bottoms) < 2 or len(step.tops) != 1:
+        return False
+    top = step.tops[0]
+    axis = step.layer.axis
+    if any(d != 1 for d in top.shape[:axis]):
+        return False
+    target = owner.get(id(top))
+    if target is None or target.blobs != [top]:
+        return False
+    parts = []
+    for b in step.bottoms:
+        buf = owner.get(id(b))
+        if (buf is None or buf is target or buf.blobs != [b] or readers.get(id(b)) != 1
+                or any(p is buf for p in parts)):
+            return False
+        parts.append(buf)
+    first = 0
+    for b, buf in zip(step.bottoms, parts, strict=True):
+        buffers.remove(buf)
+        target.blobs.append(b)
+        target.parts[id(b)] = first
+        target.start = min(target.start, buf.start)
+        owner[id(b)] = target
+        first += b.count
+    return True
 
 
 def _extend_into_backward(steps, owner: dict, external: set[int], keep: set[int]) -> list[Buffer]:

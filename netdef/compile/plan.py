@@ -30,7 +30,8 @@ class Plan:
     zero_diffs: dict[int, list] = field(default_factory=dict)
     # indices of steps whose forward has nothing to do: Split/Flatten/Reshape
     # whose tops the memory plan made views of the bottom (a Split's call
-    # alone cost 10 us per top, checking that it need not copy)
+    # alone cost 10 us per top, checking that it need not copy), and Concats
+    # whose bottoms it placed in the top
     idle: frozenset[int] = frozenset()
 
     def run(self, start: int = 0, end: int | None = None, timings: dict | None = None) -> None:
@@ -122,7 +123,7 @@ def build_plan(inst: Instance, *, reuse: bool, fuse: bool = False, keep_names=()
     check_plan_fits(inst, memory, arena)     # a clear error, not numpy's MemoryError
     arena = memory.bind(arena)
     idle = frozenset(i for i, s in enumerate(steps) if s.layer.shares_data and s.tops
-                     and all(id(t) in memory.aliased for t in s.tops))
+                     and all(id(t) in memory.aliased for t in s.tops)) | memory.joined
     return Plan(steps, memory, arena, log + memory.log, _unwritten_diffs(steps, memory), idle)
 
 
