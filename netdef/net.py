@@ -8,8 +8,9 @@
 The Net only wires things together: prototxt -> graph -> layers with
 shapes -> plan -> run. By default every blob keeps its own memory so that
 any blob can be read after forward, as in pycaffe. ``optimize=True`` lets
-the memory planner reuse activation buffers (only net outputs and the blobs
-named in ``keep`` stay readable); ``netdef run`` and benchmarks use it.
+the memory planner reuse activation buffers (only net outputs, the blobs
+named in ``keep`` and those asked for by ``forward(blobs=...)`` stay
+readable); ``netdef run`` and benchmarks use it.
 """
 from __future__ import annotations
 
@@ -123,6 +124,13 @@ class Net:
         """
         for name, value in inputs.items():
             self._feed(name, value)
+        missing = tuple(b for b in dict.fromkeys(blobs or ())
+                        if b not in self._keep and b not in self.outputs)
+        if self.optimize and missing:
+            # a reused buffer would hold a later layer's output by the time
+            # the pass returns: blobs asked for by name are kept from now on
+            self._keep += missing
+            self._current_plan = None
         plan = self._plan()
         first = self._step_index(start) if start else 0
         last = self._step_index(end) if end else None

@@ -211,3 +211,17 @@ def test_training_plans_keep_concat_copies(tmp_path):
     plain.forward(data=x)
     plain.backward()
     assert not _joined(plain)
+
+
+def test_blobs_asked_for_by_name_are_readable_in_an_optimized_net(tmp_path):
+    """forward(blobs=[...]) returns those blobs as the pass left them, as
+    pycaffe does, although an optimized plan reuses their memory: they are
+    kept from the first time they are asked for."""
+    plain, fast = _concat_nets(tmp_path, n=2)
+    x = np.random.default_rng(8).standard_normal((2, 3, 6, 5)).astype(np.float32)
+    want = {k: v.copy() for k, v in plain.forward(blobs=["a", "b", "pool"], data=x).items()}
+    got = fast.forward(blobs=["a", "b", "pool"], data=x)
+    for name in ("a", "b", "pool", "after"):
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5)
+    plan = fast._plan()
+    assert fast.forward(blobs=["a"], data=x)["a"] is not None and fast._plan() is plan
